@@ -1,0 +1,21 @@
+"""spectral_monitor: heavy-tailed spectral analysis (HT-SR alpha, λmax, ESDs) of neural-network
+weights, offline with :func:`analyze` and during Lightning training with ``SpectralMonitor``."""
+
+from spectral_monitor.analysis import AnalysisConfig, analyze
+from spectral_monitor.powerlaw_fit import PowerLawFit, fit_power_law, fit_power_law_batched
+from spectral_monitor.report import LayerSpectrum, SpectralReport
+from spectral_monitor.spectral_analysis import SpectralAnalysis
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AnalysisConfig",
+    "LayerSpectrum",
+    "PowerLawFit",
+    "SpectralAnalysis",
+    "SpectralReport",
+    "__version__",
+    "analyze",
+    "fit_power_law",
+    "fit_power_law_batched",
+]

@@ -1,0 +1,281 @@
+"""``analyze()``: one spectral analysis of a model, and the pieces the callback reuses.
+
+An analysis has two halves. :func:`take_snapshot` reads the live parameters (it must run where the
+model is trained, and copies the weights when training goes on). :func:`analyze_snapshot` is pure:
+matrices → eigenvalues (batched by shape) → power-law fits (batched) → metrics → one
+:class:`~spectral_monitor.report.SpectralReport`. It can run on a worker thread.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from spectral_monitor.eigen import PRECISIONS, EigenError, Precision, batched_eigenvalues
+from spectral_monitor.layers import (
+    CONV2D_MODES,
+    Conv2dMode,
+    LayerFilter,
+    LayerFilterItem,
+    layer_kind,
+    matrix_shape,
+    normalize_filter,
+    select_layers,
+    weight_matrices,
+)
+from spectral_monitor.metrics import layer_metrics, verdict
+from spectral_monitor.powerlaw_fit import fit_power_law_batched
+from spectral_monitor.report import LayerSpectrum, SpectralReport
+
+__all__ = [
+    "DEFAULT_MIN_EVALS",
+    "AnalysisConfig",
+    "LayerSnapshot",
+    "analyze",
+    "analyze_snapshot",
+    "take_snapshot",
+]
+
+#: Layers with fewer eigenvalues than this are skipped: a tail fit on a handful of points is noise.
+DEFAULT_MIN_EVALS = 10
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    """What to analyse and in which convention; validated on construction.
+
+    Attributes:
+        layers: name globs / module types to keep (None: every Linear and Conv2d).
+        exclude: name globs / module types to drop.
+        conv2d: ``"flatten"`` (one (out, in·kh·kw) matrix) or ``"slices"`` (WeightWatcher's
+            kh·kw slices, eigenvalues pooled and halved).
+        normalize: divide eigenvalues by the weight's number of rows (the seed's convention);
+            False keeps σ² (WeightWatcher's).
+        min_evals: layers with fewer eigenvalues are skipped.
+        precision: eigensolver precision, ``"float32"`` or ``"float64"``.
+        device: where to compute; None uses each weight's own device.
+    """
+
+    layers: tuple[LayerFilterItem, ...] | None = None
+    exclude: tuple[LayerFilterItem, ...] | None = None
+    conv2d: Conv2dMode = "flatten"
+    normalize: bool = True
+    min_evals: int = DEFAULT_MIN_EVALS
+    precision: Precision = "float32"
+    device: torch.device | None = None
+
+    @classmethod
+    def create(
+        cls,
+        layers: LayerFilter = None,
+        exclude: LayerFilter = None,
+        conv2d: str = "flatten",
+        normalize: bool = True,
+        min_evals: int = DEFAULT_MIN_EVALS,
+        precision: str = "float32",
+        device: torch.device | str | None = None,
+    ) -> AnalysisConfig:
+        """Validate user arguments and build a config.
+
+        Raises:
+            ValueError: an argument has the wrong type or value; the message names it.
+        """
+        if conv2d not in CONV2D_MODES:
+            raise ValueError(f"conv2d must be one of {CONV2D_MODES}, got {conv2d!r}")
+        if not isinstance(normalize, bool):
+            raise ValueError(f"normalize must be a bool, got {normalize!r}")
+        if isinstance(min_evals, bool) or not isinstance(min_evals, int) or min_evals < 2:
+            raise ValueError(f"min_evals must be an int >= 2, got {min_evals!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if device is not None:
+            try:
+                device = torch.device(device)
+            except (RuntimeError, TypeError) as error:
+                raise ValueError(f"device must be a torch device, got {device!r}") from error
+        return cls(
+            layers=normalize_filter(layers, "layers"),
+            exclude=normalize_filter(exclude, "exclude"),
+            conv2d=conv2d,  # type: ignore[arg-type]
+            normalize=normalize,
+            min_evals=min_evals,
+            precision=precision,  # type: ignore[arg-type]
+            device=device,
+        )
+
+
+@dataclass
+class LayerSnapshot:
+    """One layer's weight at one moment: a float32 tensor, or None and the reason there is none."""
+
+    name: str
+    kind: str
+    shape: tuple[int, ...]
+    weight: torch.Tensor | None
+    skipped: str | None = None
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the weight copy."""
+        return 0 if self.weight is None else self.weight.numel() * self.weight.element_size()
+
+
+def _snapshot_layer(name: str, module: nn.Module, config: AnalysisConfig, copy: bool):
+    kind = layer_kind(module) or type(module).__name__
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor) or isinstance(
+        weight, nn.parameter.UninitializedParameter
+    ):
+        return LayerSnapshot(name, kind, (), None, "no initialised weight")
+    shape = tuple(weight.shape)
+    if weight.is_meta:
+        return LayerSnapshot(name, kind, shape, None, "weight on the meta device")
+    if weight.dim() not in (2, 4):
+        return LayerSnapshot(name, kind, shape, None, f"unsupported weight shape {shape}")
+    device = config.device if config.device is not None else weight.device
+    if hasattr(weight, "full_tensor"):  # a DTensor shard: the caller gathers collectively
+        weight = weight.full_tensor()
+    # detach() alone shares storage, and the next optimizer step would change the snapshot.
+    w = weight.detach().to(device=device, dtype=torch.float32, copy=copy)
+    return LayerSnapshot(name, kind, shape, w)
+
+
+def take_snapshot(
+    model: nn.Module, config: AnalysisConfig, copy: bool = True
+) -> list[LayerSnapshot]:
+    """Float32 copies of the selected layers' weights (on ``config.device`` or the weight's own).
+
+    Args:
+        model: the model.
+        config: which layers.
+        copy: clone the weights (needed while training continues); False lets a float32 weight
+            on the right device be used in place, for a one-off analysis.
+    """
+    return [
+        _snapshot_layer(name, module, config, copy)
+        for name, module in select_layers(model, config.layers, config.exclude)
+    ]
+
+
+def _check_weight(snap: LayerSnapshot, config: AnalysisConfig) -> str | None:
+    count, rows, cols = matrix_shape(snap.shape, config.conv2d)
+    if count * cols < config.min_evals:
+        return f"{count * cols} eigenvalues < min_evals={config.min_evals}"
+    assert snap.weight is not None
+    if not bool(torch.isfinite(snap.weight).all()):
+        return "non-finite weights (NaN or Inf)"
+    if not bool(snap.weight.any()):
+        return "all-zero weights"
+    return None
+
+
+def analyze_snapshot(
+    snapshot: list[LayerSnapshot], config: AnalysisConfig, step: int | None = None
+) -> SpectralReport:
+    """Spectra, fits and metrics for a snapshot. Pure: reads only the snapshot.
+
+    A layer that cannot be analysed (too few eigenvalues, NaN/Inf or all-zero weights, solver
+    failure, no valid fit) is kept in the report with ``skipped`` set to the reason.
+    """
+    start = time.perf_counter()
+    rows: list[LayerSpectrum] = []
+    todo: list[tuple[int, LayerSnapshot]] = []
+    for snap in snapshot:
+        layer = LayerSpectrum(name=snap.name, kind=snap.kind, shape=snap.shape)
+        rows.append(layer)
+        layer.skipped = snap.skipped or _check_weight(snap, config)
+        if layer.skipped is None:
+            todo.append((len(rows) - 1, snap))
+
+    stacks = [weight_matrices(snap.weight, config.conv2d) for _, snap in todo]  # type: ignore[arg-type]
+    spectra = batched_eigenvalues(stacks, config.precision)
+    good: list[tuple[int, LayerSnapshot, torch.Tensor]] = []
+    for (k, snap), stack, evals in zip(todo, stacks, spectra, strict=True):
+        if isinstance(evals, EigenError):
+            rows[k].skipped = f"eigensolver failed: {evals}"
+            continue
+        scale = 0.5 if (config.conv2d == "slices" and snap.kind == "conv2d") else 1.0
+        if config.normalize:
+            scale /= snap.shape[0]
+        rows[k].Q = stack.shape[1] / stack.shape[2]
+        good.append((k, snap, torch.sort(evals.reshape(-1) * scale).values))
+
+    fits = fit_power_law_batched([evals for _, _, evals in good])
+    host = torch.cat([evals for _, _, evals in good]).cpu().numpy() if good else np.empty(0)
+    offset = 0
+    for (k, _, evals), fit in zip(good, fits, strict=True):
+        layer = rows[k]
+        layer_evals = host[offset : offset + evals.numel()]
+        offset += evals.numel()
+        layer.evals = layer_evals
+        layer.num_evals = int(layer_evals.size)
+        for key, value in layer_metrics(layer_evals, fit).items():
+            setattr(layer, key, value)
+        layer.verdict = verdict(layer.alpha)
+        if not fit.ok:
+            layer.skipped = f"no power-law fit: {fit.reason}"
+    return SpectralReport(
+        layers=rows,
+        conv2d=config.conv2d,
+        normalize=config.normalize,
+        precision=config.precision,
+        step=step,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def analyze(
+    model: nn.Module,
+    *,
+    layers: LayerFilter = None,
+    exclude: LayerFilter = None,
+    conv2d: str = "flatten",
+    normalize: bool = True,
+    min_evals: int = DEFAULT_MIN_EVALS,
+    precision: str = "float32",
+    device: torch.device | str | None = None,
+) -> SpectralReport:
+    """Analyse every Linear/Conv2d layer of a model: ESD, power-law fit and HT-SR metrics.
+
+    Args:
+        model: any ``torch.nn.Module``.
+        layers: keep only layers whose ``named_modules()`` name matches one of these glob patterns
+            (``"encoder.*"``) or whose type is one of these types; None keeps all.
+        exclude: drop layers matching any of these patterns or types.
+        conv2d: ``"flatten"`` (default) or ``"slices"`` (WeightWatcher's convention).
+        normalize: divide eigenvalues by the weight's number of rows (default, the seed's
+            convention); False gives WeightWatcher's σ².
+        min_evals: layers with fewer eigenvalues are reported as skipped.
+        precision: ``"float32"`` (default; alpha within 1e-3 of a float64 SVD) or ``"float64"``.
+        device: compute device; None uses each weight's device.
+
+    Returns:
+        A :class:`SpectralReport`; ``report.layers`` has one :class:`LayerSpectrum` per layer.
+
+    Raises:
+        ValueError: an argument is invalid (the message names it).
+
+    Example::
+
+        >>> import torch
+        >>> from spectral_monitor import analyze
+        >>> report = analyze(torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU()))
+        >>> [layer.name for layer in report.layers]
+        ['0']
+    """
+    config = AnalysisConfig.create(layers, exclude, conv2d, normalize, min_evals, precision, device)
+    with torch.no_grad():
+        snapshot = take_snapshot(model, config, copy=False)
+    if not snapshot:
+        warnings.warn(
+            f"analyze(): {type(model).__name__} has no Linear/Conv2d layer to analyse"
+            + (" after the layers/exclude filters" if layers or exclude else ""),
+            UserWarning,
+            stacklevel=2,
+        )
+    return analyze_snapshot(snapshot, config)

@@ -1,0 +1,107 @@
+"""Per-layer metrics from an ESD and its power-law fit; model aggregates; HT-SR verdicts.
+
+All functions are pure and work on float64 NumPy arrays on the host: by the time metrics are
+computed the spectrum has been copied off the device once, and these sums are cheap.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from spectral_monitor.powerlaw_fit import PowerLawFit
+
+__all__ = [
+    "OVER_TRAINED_BELOW",
+    "UNDER_TRAINED_ABOVE",
+    "aggregate_metrics",
+    "layer_metrics",
+    "verdict",
+]
+
+#: WeightWatcher's thresholds on alpha (Martin & Mahoney): below 2 the layer is over-trained
+#: (over-regularised, very heavy-tailed), above 6 it is under-trained (close to random).
+OVER_TRAINED_BELOW = 2.0
+UNDER_TRAINED_ABOVE = 6.0
+
+
+def verdict(alpha: float) -> str:
+    """``"over-trained"`` (alpha < 2), ``"under-trained"`` (alpha > 6), ``"well-trained"``, or
+    ``"no fit"`` for a NaN alpha."""
+    if not math.isfinite(alpha):
+        return "no fit"
+    if alpha < OVER_TRAINED_BELOW:
+        return "over-trained"
+    if alpha > UNDER_TRAINED_ABOVE:
+        return "under-trained"
+    return "well-trained"
+
+
+def layer_metrics(evals: np.ndarray, fit: PowerLawFit) -> dict[str, Any]:
+    """Scalar metrics of one layer.
+
+    Args:
+        evals: the layer's eigenvalues, (num_evals,) float64 >= 0, any order.
+        fit: the power-law fit of the positive ones.
+
+    Returns:
+        dict with ``lambda_max`` (largest eigenvalue), ``log_spectral_norm`` (log10 λmax),
+        ``log_norm`` (log10 Σλ, the squared Frobenius norm), ``log_alpha_norm`` (log10 Σλ^alpha),
+        ``stable_rank`` (Σλ / λmax), ``alpha_weighted`` (alpha · log10 λmax) and the fit's
+        ``alpha``, ``xmin``, ``D``, ``sigma``, ``n_tail``; NaN where undefined.
+    """
+    evals = np.asarray(evals, dtype=np.float64)
+    lambda_max = float(evals.max()) if evals.size else math.nan
+    total = float(evals.sum()) if evals.size else math.nan
+    positive = lambda_max > 0
+    log_max = math.log10(lambda_max) if positive else math.nan
+    alpha = fit.alpha
+    if fit.ok and positive:
+        # Σ λ^alpha computed as λmax^alpha · Σ (λ/λmax)^alpha so large alphas do not overflow.
+        scaled = float(np.sum((evals / lambda_max) ** alpha))
+        log_alpha_norm = alpha * log_max + math.log10(scaled)
+    else:
+        log_alpha_norm = math.nan
+    return {
+        "alpha": alpha,
+        "xmin": fit.xmin,
+        "D": fit.D,
+        "sigma": fit.sigma,
+        "n_tail": fit.n_tail,
+        "lambda_max": lambda_max,
+        "log_spectral_norm": log_max,
+        "log_norm": math.log10(total) if total > 0 else math.nan,
+        "log_alpha_norm": log_alpha_norm,
+        "stable_rank": total / lambda_max if positive else math.nan,
+        "alpha_weighted": alpha * log_max,
+    }
+
+
+def aggregate_metrics(alphas: Sequence[float], lambda_maxes: Sequence[float]) -> dict[str, float]:
+    """Model-level aggregates over the layers that have a fit.
+
+    Args:
+        alphas: alpha per layer (NaN for layers without a fit, which are left out).
+        lambda_maxes: λmax per layer, same order.
+
+    Returns:
+        ``alpha_mean``; ``alpha_hat`` = mean of alpha · ln λmax (natural log: the seed's
+        universal metric, Martin, Peng & Mahoney 2021); ``frac_alpha_below_2``; and
+        ``num_fitted``. NaN aggregates when no layer has a fit.
+    """
+    a = np.asarray(alphas, dtype=np.float64)
+    lam = np.asarray(lambda_maxes, dtype=np.float64)
+    keep = np.isfinite(a) & np.isfinite(lam) & (lam > 0)
+    if not keep.any():
+        nan = math.nan
+        return {"alpha_mean": nan, "alpha_hat": nan, "frac_alpha_below_2": nan, "num_fitted": 0}
+    a, lam = a[keep], lam[keep]
+    return {
+        "alpha_mean": float(a.mean()),
+        "alpha_hat": float(np.mean(a * np.log(lam))),
+        "frac_alpha_below_2": float(np.mean(a < OVER_TRAINED_BELOW)),
+        "num_fitted": int(keep.sum()),
+    }

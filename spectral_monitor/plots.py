@@ -1,0 +1,107 @@
+"""Matplotlib figures: an ESD on log-log axes with its power-law fit, alpha per layer, and alpha
+trajectories. Every function returns a ``Figure`` for the caller to save or log; none calls
+``plt.show()``. The non-interactive Agg canvas is used, so figures work without a display."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from spectral_monitor.metrics import OVER_TRAINED_BELOW, UNDER_TRAINED_ABOVE
+from spectral_monitor.powerlaw_fit import PowerLawFit
+
+__all__ = ["plot_alpha_by_layer", "plot_alpha_trajectories", "plot_esd"]
+
+
+def _figure(width: float = 6.4, height: float = 4.4) -> Figure:
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def plot_esd(evals: np.ndarray, fit: PowerLawFit | None = None, title: str = "ESD") -> Figure:
+    """Histogram of the positive eigenvalues on log-log axes (density per unit λ), with the
+    fitted power law ``p(λ) ∝ λ^-alpha`` over the tail and ``xmin`` marked.
+
+    Args:
+        evals: eigenvalues, any order; non-positive values are left out of the histogram.
+        fit: the fit to draw, or None for the histogram alone.
+        title: axes title.
+    """
+    fig = _figure()
+    ax = fig.add_subplot()
+    x = np.asarray(evals, dtype=np.float64)
+    x = x[np.isfinite(x) & (x > 0)]
+    if x.size:
+        lo, hi = x.min(), x.max()
+        bins = np.logspace(math.log10(lo), math.log10(hi) + 1e-9, 40) if hi > lo else 10
+        density, edges, _ = ax.hist(
+            x,
+            bins=bins,
+            density=True,
+            color="#4c72b0",
+            alpha=0.7,
+            label=f"ESD ({x.size} eigenvalues)",
+        )
+        if fit is not None and fit.ok:
+            tail = np.logspace(math.log10(fit.xmin), math.log10(hi), 50)
+            frac = fit.n_tail / x.size  # the law describes the tail's share of the density
+            pdf = frac * (fit.alpha - 1) / fit.xmin * (tail / fit.xmin) ** (-fit.alpha)
+            ax.plot(tail, pdf, color="#c44e52", lw=2, ls="--", label=f"power law α={fit.alpha:.2f}")
+            ax.axvline(fit.xmin, color="#55a868", lw=1.5, label=f"xmin={fit.xmin:.3g}")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.legend(loc="lower left", fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no positive eigenvalues", ha="center", transform=ax.transAxes)
+    ax.set_xlabel("eigenvalue λ (log scale)")
+    ax.set_ylabel("density (log scale)")
+    ax.set_title(title)
+    return fig
+
+
+def plot_alpha_by_layer(
+    names: Sequence[str], alphas: Sequence[float], title: str = "alpha by layer"
+) -> Figure:
+    """Bar chart of alpha per layer with the over-trained (< 2) and under-trained (> 6) bands."""
+    fig = _figure(max(6.4, 0.35 * len(names) + 2), 4.4)
+    ax = fig.add_subplot()
+    values = np.asarray(alphas, dtype=np.float64)
+    positions = np.arange(len(names))
+    colors = [
+        "#c44e52" if a < OVER_TRAINED_BELOW else "#8172b2" if a > UNDER_TRAINED_ABOVE else "#55a868"
+        for a in values
+    ]
+    ax.bar(positions, np.nan_to_num(values, nan=0.0), color=colors)
+    top = max(UNDER_TRAINED_ABOVE + 1, float(np.nanmax(values)) + 1 if values.size else 7.0)
+    ax.axhspan(0, OVER_TRAINED_BELOW, color="#c44e52", alpha=0.08, label="over-trained (α<2)")
+    ax.axhspan(UNDER_TRAINED_ABOVE, top, color="#8172b2", alpha=0.08, label="under-trained (α>6)")
+    ax.set_ylim(0, top)
+    ax.set_xticks(positions, list(names), rotation=60, ha="right", fontsize=8)
+    ax.set_ylabel("alpha")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_alpha_trajectories(
+    trajectories: Mapping[str, tuple[Sequence[int], Sequence[float]]],
+    title: str = "alpha over training",
+) -> Figure:
+    """alpha against training step, one line per layer; ``trajectories[name] = (steps, alphas)``."""
+    fig = _figure(7.2, 4.4)
+    ax = fig.add_subplot()
+    for name, (steps, alphas) in trajectories.items():
+        ax.plot(steps, alphas, marker=".", label=name)
+    ax.axhline(OVER_TRAINED_BELOW, color="#c44e52", ls=":", lw=1)
+    ax.axhline(UNDER_TRAINED_ABOVE, color="#8172b2", ls=":", lw=1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("alpha")
+    ax.set_title(title)
+    if 0 < len(trajectories) <= 12:
+        ax.legend(fontsize=7, ncol=2)
+    return fig

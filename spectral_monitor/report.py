@@ -1,0 +1,186 @@
+"""``LayerSpectrum`` and ``SpectralReport``: the result of one analysis, as rows, CSV, JSON or a
+DataFrame, and as a printable table."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from spectral_monitor.metrics import aggregate_metrics
+
+__all__ = ["ROW_FIELDS", "LayerSpectrum", "SpectralReport"]
+
+
+@dataclass
+class LayerSpectrum:
+    """The spectrum of one layer and everything measured on it.
+
+    Eigenvalue-valued fields (``lambda_max``, ``xmin``) are in the convention of the report that
+    holds the layer (``SpectralReport.normalize`` and ``.conv2d``). Float fields are NaN, never a
+    made-up number, when the layer is skipped or has no fit; ``skipped`` then says why.
+    """
+
+    name: str
+    kind: str
+    shape: tuple[int, ...]
+    Q: float = math.nan
+    num_evals: int = 0
+    lambda_max: float = math.nan
+    alpha: float = math.nan
+    xmin: float = math.nan
+    D: float = math.nan
+    sigma: float = math.nan
+    n_tail: int = 0
+    alpha_weighted: float = math.nan
+    log_spectral_norm: float = math.nan
+    log_norm: float = math.nan
+    log_alpha_norm: float = math.nan
+    stable_rank: float = math.nan
+    verdict: str = "skipped"
+    skipped: str | None = None
+    evals: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    def to_row(self) -> dict[str, Any]:
+        """The scalar fields as a dict (``shape`` as ``"a x b"``, no eigenvalues)."""
+        row = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "evals"}
+        row["shape"] = "x".join(str(s) for s in self.shape)
+        return row
+
+
+ROW_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(LayerSpectrum) if f.name != "evals")
+
+
+@dataclass
+class SpectralReport:
+    """One analysis of one model at one moment.
+
+    Attributes:
+        layers: one :class:`LayerSpectrum` per selected layer, in ``named_modules()`` order.
+        conv2d: ``"flatten"`` or ``"slices"``, how Conv2d weights became matrices.
+        normalize: True if eigenvalues were divided by the weight's number of rows.
+        precision: compute precision of the eigensolver.
+        step: the training step of the weights (None outside training).
+        seconds: wall-clock seconds the analysis took.
+    """
+
+    layers: list[LayerSpectrum]
+    conv2d: str = "flatten"
+    normalize: bool = True
+    precision: str = "float32"
+    step: int | None = None
+    seconds: float = math.nan
+
+    @property
+    def fitted(self) -> list[LayerSpectrum]:
+        """Layers with a valid fit."""
+        return [la for la in self.layers if la.skipped is None and math.isfinite(la.alpha)]
+
+    @property
+    def skipped(self) -> list[LayerSpectrum]:
+        """Layers without a fit (each with its reason)."""
+        return [la for la in self.layers if la.skipped is not None]
+
+    @property
+    def aggregates(self) -> dict[str, float]:
+        """``alpha_mean``, ``alpha_hat``, ``frac_alpha_below_2``, ``num_fitted``, ``num_layers``,
+        ``num_skipped`` (see :func:`spectral_monitor.metrics.aggregate_metrics`)."""
+        agg: dict[str, float] = aggregate_metrics(
+            [la.alpha for la in self.fitted], [la.lambda_max for la in self.fitted]
+        )
+        agg["num_layers"] = len(self.layers)
+        agg["num_skipped"] = len(self.skipped)
+        return agg
+
+    @property
+    def alpha_mean(self) -> float:
+        return self.aggregates["alpha_mean"]
+
+    @property
+    def alpha_hat(self) -> float:
+        return self.aggregates["alpha_hat"]
+
+    def layer(self, name: str) -> LayerSpectrum:
+        """The layer called ``name``; KeyError if there is none."""
+        for la in self.layers:
+            if la.name == name:
+                return la
+        raise KeyError(name)
+
+    def to_rows(self) -> list[dict[str, Any]]:
+        """One dict per layer, with the report's step and conventions in every row."""
+        extra = {"step": self.step, "conv2d": self.conv2d, "normalize": self.normalize}
+        return [{**la.to_row(), **extra} for la in self.layers]
+
+    def to_csv(self, path: str | Path) -> Path:
+        """Write :meth:`to_rows` as CSV (header always written); returns the path."""
+        path = Path(path)
+        columns = [*ROW_FIELDS, "step", "conv2d", "normalize"]
+        with path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(self.to_rows())
+        return path
+
+    def to_dict(self) -> dict[str, Any]:
+        """Rows and aggregates as a JSON-ready dict (NaN becomes None)."""
+
+        def clean(value: Any) -> Any:
+            if isinstance(value, float) and not math.isfinite(value):
+                return None
+            return value
+
+        return {
+            "step": self.step,
+            "conv2d": self.conv2d,
+            "normalize": self.normalize,
+            "precision": self.precision,
+            "seconds": clean(self.seconds),
+            "aggregates": {k: clean(v) for k, v in self.aggregates.items()},
+            "layers": [{k: clean(v) for k, v in row.items()} for row in self.to_rows()],
+        }
+
+    def to_json(self, path: str | Path) -> Path:
+        """Write :meth:`to_dict` as JSON; returns the path."""
+        path = Path(path)
+        path.write_text(json.dumps(self.to_dict(), indent=2))
+        return path
+
+    def to_dataframe(self) -> Any:
+        """A pandas DataFrame of :meth:`to_rows`. Raises ImportError if pandas is missing."""
+        try:
+            import pandas as pd
+        except ImportError as error:  # pragma: no cover - depends on the environment
+            raise ImportError("to_dataframe() needs pandas: pip install pandas") from error
+        return pd.DataFrame(self.to_rows())
+
+    def format_table(self, width: int = 100) -> str:
+        """An aligned text table of the layers and the aggregates, at most ``width`` columns."""
+        header = f"{'layer':<28} {'kind':<6} {'shape':>15} {'alpha':>7} {'lambda_max':>11}"
+        header += f" {'n_tail':>6} {'D':>6}  verdict"
+        lines = [header, "-" * min(width, len(header) + 14)]
+        for la in self.layers:
+            name = la.name if len(la.name) <= 28 else "…" + la.name[-27:]
+            shape = "x".join(str(s) for s in la.shape)
+            if la.skipped is not None:
+                lines.append(f"{name:<28} {la.kind:<6} {shape:>15}  skipped: {la.skipped}")
+                continue
+            lines.append(
+                f"{name:<28} {la.kind:<6} {shape:>15} {la.alpha:>7.3f} {la.lambda_max:>11.4g}"
+                f" {la.n_tail:>6d} {la.D:>6.3f}  {la.verdict}"
+            )
+        agg = self.aggregates
+        lines.append(
+            f"alpha_mean={agg['alpha_mean']:.3f}  alpha_hat={agg['alpha_hat']:.3f}  "
+            f"frac_alpha<2={agg['frac_alpha_below_2']:.2f}  layers={agg['num_layers']} "
+            f"(skipped {agg['num_skipped']})"
+        )
+        return "\n".join(line[:width] for line in lines)
+
+    def __str__(self) -> str:
+        return self.format_table()
