@@ -163,7 +163,7 @@ def take_snapshot(
 
 
 def _check_weight(snap: LayerSnapshot, config: AnalysisConfig) -> str | None:
-    count, rows, cols = matrix_shape(snap.shape, config.conv2d)
+    count, _rows, cols = matrix_shape(snap.shape, config.conv2d)
     if count * cols < config.min_evals:
         return f"{count * cols} eigenvalues < min_evals={config.min_evals}"
     assert snap.weight is not None

@@ -29,8 +29,8 @@ CONV2D_MODES = ("flatten", "slices")
 Conv2dMode = Literal["flatten", "slices"]
 
 #: A filter entry: a glob pattern on the module name (``"features.*"``), or a module type.
-LayerFilterItem = Union[str, type]
-LayerFilter = Union[LayerFilterItem, Sequence[LayerFilterItem], None]
+LayerFilterItem = Union[str, type]  # noqa: UP007 - a runtime alias must work on Python 3.10
+LayerFilter = Union[LayerFilterItem, Sequence[LayerFilterItem], None]  # noqa: UP007
 
 
 def normalize_filter(value: LayerFilter, argument: str) -> tuple[LayerFilterItem, ...] | None:

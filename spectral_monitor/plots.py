@@ -39,7 +39,7 @@ def plot_esd(evals: np.ndarray, fit: PowerLawFit | None = None, title: str = "ES
     if x.size:
         lo, hi = x.min(), x.max()
         bins = np.logspace(math.log10(lo), math.log10(hi) + 1e-9, 40) if hi > lo else 10
-        density, edges, _ = ax.hist(
+        ax.hist(
             x,
             bins=bins,
             density=True,

@@ -3,9 +3,9 @@
 For sorted positive values ``x`` the fit tries every distinct value except the largest as ``xmin``;
 for each it takes the tail ``x >= xmin`` (``n_tail`` points), the maximum-likelihood exponent
 ``alpha = 1 + n_tail / sum(ln(x / xmin))`` (no upper bound), and the Kolmogorov–Smirnov distance
-``D = max |E(x) - T(x)|`` over the tail's values, where ``E(x)`` is the fraction of the tail strictly
-below ``x`` and ``T(x) = 1 - (x / xmin) ** (1 - alpha)``. The ``xmin`` with the smallest ``D`` wins
-(the first one on ties) and ``sigma = (alpha - 1) / sqrt(n_tail)``.
+``D = max |E(x) - T(x)|`` over the tail's values, where ``E(x)`` is the fraction of the tail
+strictly below ``x`` and ``T(x) = 1 - (x / xmin) ** (1 - alpha)``. The ``xmin`` with the
+smallest ``D`` wins (the first one on ties) and ``sigma = (alpha - 1) / sqrt(n_tail)``.
 
 These are the semantics of ``powerlaw`` 1.x and of WeightWatcher's own fitter (DESIGN.md §4). The
 KS distance of every candidate is computed at once as an (candidates × tail) tile, chunked so that
@@ -39,7 +39,7 @@ class PowerLawFit:
     Attributes:
         alpha: fitted exponent of ``p(x) ~ x**-alpha`` (dimensionless); NaN when there is no fit.
         xmin: start of the power-law tail, in the units of the input values; NaN when no fit.
-        D: Kolmogorov–Smirnov distance between the tail and the fitted law, in [0, 1]; NaN if no fit.
+        D: Kolmogorov–Smirnov distance between tail and fitted law, in [0, 1]; NaN if no fit.
         sigma: standard error of alpha, ``(alpha - 1) / sqrt(n_tail)``; NaN when there is no fit.
         n_tail: number of values ``>= xmin`` used for alpha; 0 when there is no fit.
         num_values: number of positive values that entered the fit (zeros are ignored).
