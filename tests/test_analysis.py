@@ -1,0 +1,321 @@
+"""analyze(), layer selection, eigenvalue precision, bad input, the report, and the seed's class."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import warnings
+from contextlib import redirect_stdout
+
+import numpy as np
+import pytest
+import torch
+from conftest import small_cnn, small_mlp
+from torch import nn
+
+from spectral_monitor import SpectralAnalysis, analyze, fit_power_law
+from spectral_monitor.analysis import AnalysisConfig
+from spectral_monitor.eigen import eigenvalues
+from spectral_monitor.layers import weight_matrices
+
+SEED_ALPHA = 2.840775
+
+
+def diag_model() -> nn.Module:
+    """The seed's check: Linear(10, 10) and a 1x1 Conv2d(10, 10), both with weight diag(1..10)."""
+    model = nn.Sequential(nn.Linear(10, 10), nn.Conv2d(10, 10, 1))
+    with torch.no_grad():
+        diag = torch.diag(torch.arange(1.0, 11.0))
+        model[0].weight.copy_(diag)
+        model[1].weight.copy_(diag.reshape(10, 10, 1, 1))
+    return model
+
+
+# --- the seed's own check -------------------------------------------------------------------
+
+
+def test_seed_spectral_analysis_alpha_and_universal_metric() -> None:
+    sa = SpectralAnalysis(diag_model())
+    alphas = sa.fit_power_law()
+    assert sorted(alphas) == [1, 2]
+    for alpha, eig_max in alphas.values():
+        assert alpha == pytest.approx(SEED_ALPHA, rel=1e-4)
+        assert eig_max == pytest.approx(10.0, rel=1e-12)
+    assert sa.universal_metric() == pytest.approx(SEED_ALPHA * math.log(10), rel=1e-4)
+
+
+def test_seed_return_shapes_and_phenomenology() -> None:
+    sa = SpectralAnalysis(diag_model())
+    eig = sa.spectral_analysis()
+    evals, q = eig[1]
+    assert isinstance(evals, np.ndarray) and evals.shape == (10,)
+    np.testing.assert_allclose(evals, np.arange(10, 0, -1) ** 2 / 10, rtol=1e-12)
+    assert q == 1.0
+    texts = sa.layer_RMT(verbose=False)
+    assert len(texts) == 2 and all(t.startswith("Layer ") for t in texts)
+    # mu = 2 (alpha - 1) = 3.68 lies in [0, 4]: the "regularized" phenomenology.
+    assert "regularized and good performance" in texts[0]
+    out = io.StringIO()
+    with redirect_stdout(out):
+        sa.layer_RMT(verbose=True)
+    assert "Phenomenology for layer 1" in out.getvalue()
+
+
+def test_seed_plots_are_figures_not_blocking() -> None:
+    sa = SpectralAnalysis(diag_model())
+    sa.fit_power_law(plot_alpha=True, plot_eig=True)
+    assert len(sa.figures) == 4
+    buf = io.BytesIO()
+    sa.figures[-1].savefig(buf, format="png")
+    assert buf.getvalue().startswith(b"\x89PNG")
+
+
+def test_analyze_seed_model_both_layers() -> None:
+    report = analyze(diag_model())
+    assert [la.name for la in report.layers] == ["0", "1"]
+    for la in report.layers:
+        assert la.alpha == pytest.approx(SEED_ALPHA, rel=1e-4)
+        assert la.xmin == pytest.approx(3.6, rel=1e-5)
+        assert la.lambda_max == pytest.approx(10.0, rel=1e-5)
+        assert la.skipped is None
+    assert report.alpha_hat == pytest.approx(SEED_ALPHA * math.log(10), rel=1e-4)
+
+
+# --- agreement with WeightWatcher 0.7.7 -----------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("build", [small_cnn, small_mlp], ids=["cnn", "mlp"])
+def test_slices_mode_reproduces_weightwatcher(build, weightwatcher) -> None:
+    model = build()
+    with redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        details = weightwatcher.WeightWatcher(model=model).analyze()
+    ours = analyze(model, conv2d="slices", normalize=False, precision="float64")
+    compared = 0
+    for _, row in details.iterrows():
+        if row["num_evals"] < 20:
+            continue  # WeightWatcher switches to a different estimator below 20 eigenvalues
+        layer = ours.layer(str(row["name"]))
+        assert layer.num_evals == row["num_evals"]
+        assert layer.alpha == pytest.approx(row["alpha"], rel=1e-6), layer.name
+        assert layer.xmin == pytest.approx(row["xmin"], rel=1e-6), layer.name
+        assert layer.lambda_max == pytest.approx(row["lambda_max"], rel=1e-6), layer.name
+        compared += 1
+    assert compared == sum(la.num_evals >= 20 for la in ours.layers) >= 3
+    fast = analyze(model, conv2d="slices", normalize=False)
+    for slow, quick in zip(ours.layers, fast.layers, strict=True):
+        if slow.num_evals >= 20:
+            assert quick.alpha == pytest.approx(slow.alpha, rel=1e-3)
+
+
+# --- eigenvalue precision -------------------------------------------------------------------
+
+
+def _svd64_alpha(weight: torch.Tensor, conv2d: str) -> float:
+    mats = weight_matrices(weight.detach().double(), conv2d)
+    sv = torch.linalg.svdvals(mats).reshape(-1).numpy()
+    return fit_power_law(sv * sv).alpha
+
+
+@pytest.mark.parametrize("conv2d", ["flatten", "slices"])
+def test_float32_gram_alpha_within_1e3_of_float64_svd(conv2d: str) -> None:
+    for model in (small_cnn(1), small_mlp(2)):
+        report = analyze(model, conv2d=conv2d, normalize=False)
+        modules = dict(model.named_modules())
+        for layer in report.fitted:
+            reference = _svd64_alpha(modules[layer.name].weight, conv2d)
+            assert layer.alpha == pytest.approx(reference, rel=1e-3), layer.name
+
+
+def test_eigenvalues_match_svd_and_are_sorted_nonnegative() -> None:
+    torch.manual_seed(0)
+    mats = torch.randn(3, 50, 20)
+    ref = torch.linalg.svdvals(mats.double()).pow(2).flip(-1)
+    for precision, rtol in (("float64", 1e-10), ("float32", 1e-4)):
+        ev = eigenvalues(mats, precision)
+        assert ev.dtype == torch.float64 and ev.shape == (3, 20)
+        assert bool((ev[:, 1:] >= ev[:, :-1]).all()) and bool((ev >= 0).all())
+        torch.testing.assert_close(ev, ref, rtol=rtol, atol=0.0)
+
+
+def test_rank_deficient_matrix_gives_exact_zeros() -> None:
+    torch.manual_seed(0)
+    low_rank = torch.randn(40, 3) @ torch.randn(3, 30)
+    ev = eigenvalues(low_rank.unsqueeze(0), "float32")[0]
+    assert int((ev > 0).sum()) == 3
+    assert int((ev == 0).sum()) == 27
+
+
+def test_half_precision_weights_are_upcast() -> None:
+    model = small_mlp().to(torch.bfloat16)
+    report = analyze(model)
+    assert len(report.fitted) == 4
+    ref = analyze(small_mlp())
+    for a, b in zip(report.layers, ref.layers, strict=True):
+        assert a.alpha == pytest.approx(b.alpha, rel=0.1)
+
+
+# --- conventions ----------------------------------------------------------------------------
+
+
+def test_normalize_scales_eigenvalues_but_not_alpha(mlp) -> None:
+    raw = analyze(mlp, normalize=False, precision="float64")
+    norm = analyze(mlp, normalize=True, precision="float64")
+    modules = dict(mlp.named_modules())
+    for a, b in zip(raw.layers, norm.layers, strict=True):
+        rows = modules[a.name].weight.shape[0]
+        assert b.lambda_max == pytest.approx(a.lambda_max / rows, rel=1e-12)
+        assert b.alpha == pytest.approx(a.alpha, rel=1e-9)
+
+
+def test_conv2d_modes_counts_and_half_scaling(cnn) -> None:
+    flat = analyze(cnn, conv2d="flatten", normalize=False, precision="float64")
+    sliced = analyze(cnn, conv2d="slices", normalize=False, precision="float64")
+    conv = cnn[2]  # Conv2d(24, 32, 3)
+    assert flat.layer("2").num_evals == 32 and flat.layer("2").Q == 24 * 9 / 32
+    assert sliced.layer("2").num_evals == 9 * 24
+    sv = torch.linalg.svdvals(conv.weight.detach().double()[:, :, 0, 0])
+    assert sliced.layer("2").evals.max() >= 0.5 * float(sv.max() ** 2) - 1e-12
+    slices = conv.weight.detach().double().permute(2, 3, 0, 1)
+    expected = 0.5 * torch.linalg.svdvals(slices).pow(2).reshape(-1)
+    np.testing.assert_allclose(np.sort(sliced.layer("2").evals), np.sort(expected.numpy()))
+    assert flat.layer("6").kind == "linear"
+
+
+# --- layer selection ------------------------------------------------------------------------
+
+
+class MyConv(nn.Conv2d):
+    pass
+
+
+def test_include_exclude_by_pattern_and_type() -> None:
+    model = nn.Sequential()
+    model.add_module("features", nn.Sequential(MyConv(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 16, 3)))
+    model.add_module("head", nn.Linear(64, 20))
+    all_names = [la.name for la in analyze(model).layers]
+    assert all_names == ["features.0", "features.2", "head"]
+    assert [la.name for la in analyze(model, layers="features.*").layers] == all_names[:2]
+    assert [la.name for la in analyze(model, layers=[nn.Linear]).layers] == ["head"]
+    assert [la.name for la in analyze(model, layers=MyConv).layers] == ["features.0"]
+    assert [la.name for la in analyze(model, exclude=["head", MyConv]).layers] == ["features.2"]
+    assert analyze(model).layer("features.0").kind == "conv2d"
+
+
+def test_root_module_layer_is_named_root() -> None:
+    report = analyze(nn.Linear(40, 30))
+    assert [la.name for la in report.layers] == ["root"]
+
+
+# --- bad input ------------------------------------------------------------------------------
+
+
+def test_model_without_layers_gives_empty_report_and_one_warning() -> None:
+    with pytest.warns(UserWarning, match="no Linear/Conv2d layer") as record:
+        report = analyze(nn.Sequential(nn.ReLU(), nn.LayerNorm(4)))
+    assert len(record) == 1
+    assert report.layers == []
+    assert math.isnan(report.alpha_mean)
+    assert "layers=0" in report.format_table()
+
+
+def test_strange_layers_are_skipped_with_reasons() -> None:
+    model = nn.Sequential(
+        nn.Linear(30, 40),  # fine
+        nn.Linear(40, 30),  # NaN
+        nn.Linear(30, 30),  # all zeros
+        nn.Linear(30, 5),  # 5 eigenvalues < min_evals
+        nn.Linear(5, 30),  # Inf
+        nn.Linear(30, 30),  # rank 1: one positive eigenvalue, no fit
+    )
+    with torch.no_grad():
+        model[1].weight[3, 4] = float("nan")
+        model[2].weight.zero_()
+        model[4].weight[0, 0] = float("inf")
+        model[5].weight.copy_(torch.outer(torch.arange(1.0, 31.0), torch.ones(30)))
+    report = analyze(model, min_evals=10)
+    reasons = {la.name: la.skipped for la in report.layers}
+    assert reasons["0"] is None
+    assert "non-finite" in reasons["1"]
+    assert "all-zero" in reasons["2"]
+    assert "min_evals" in reasons["3"]
+    assert "min_evals" in reasons["4"]  # 5 eigenvalues: too few before even looking at values
+    assert "no power-law fit" in reasons["5"]
+    for la in report.layers[1:]:
+        assert math.isnan(la.alpha) and la.verdict in ("skipped", "no fit")
+    assert report.layer("5").lambda_max > 0  # a real number is kept, never a fake one
+    assert report.aggregates["num_fitted"] == 1 and report.aggregates["num_skipped"] == 5
+    assert report.alpha_mean == report.layer("0").alpha
+
+
+def test_uninitialised_lazy_and_meta_layers_are_skipped() -> None:
+    model = nn.Sequential(nn.LazyLinear(20), nn.Linear(30, 30))
+    with torch.device("meta"):
+        meta = nn.Linear(30, 30)
+    model.add_module("meta", meta)
+    report = analyze(model)
+    assert "no initialised weight" in report.layer("0").skipped
+    assert report.layer("1").skipped is None
+    assert "meta" in report.layer("meta").skipped
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"conv2d": "fft"}, "conv2d"),
+        ({"normalize": "yes"}, "normalize"),
+        ({"min_evals": 1}, "min_evals"),
+        ({"min_evals": 2.5}, "min_evals"),
+        ({"precision": "float16"}, "precision"),
+        ({"device": "not-a-device"}, "device"),
+        ({"layers": [3]}, "layers"),
+        ({"exclude": [int]}, "exclude"),
+    ],
+)
+def test_invalid_arguments_raise_value_error_naming_them(kwargs, name, mlp) -> None:
+    with pytest.raises(ValueError, match=name):
+        analyze(mlp, **kwargs)
+
+
+def test_config_is_reusable_and_frozen() -> None:
+    config = AnalysisConfig.create(layers="a.*", conv2d="slices")
+    assert config.layers == ("a.*",)
+    with pytest.raises(AttributeError):
+        config.conv2d = "flatten"  # type: ignore[misc]
+
+
+# --- the report -----------------------------------------------------------------------------
+
+
+def test_report_rows_csv_json_dataframe(tmp_path, cnn) -> None:
+    report = analyze(cnn)
+    rows = report.to_rows()
+    assert len(rows) == 5 and rows[0]["name"] == "0" and rows[0]["shape"] == "24x1x3x3"
+    for key in (
+        "alpha", "xmin", "D", "sigma", "n_tail", "num_evals", "lambda_max", "Q",
+        "alpha_weighted", "log_spectral_norm", "log_norm", "log_alpha_norm", "stable_rank",
+        "verdict", "skipped", "kind", "conv2d", "normalize",
+    ):  # fmt: skip
+        assert key in rows[0]
+    layer = report.layers[3]
+    assert layer.alpha_weighted == pytest.approx(layer.alpha * math.log10(layer.lambda_max))
+    assert layer.log_norm == pytest.approx(math.log10(layer.evals.sum()))
+    assert layer.stable_rank == pytest.approx(layer.evals.sum() / layer.lambda_max)
+    assert layer.log_alpha_norm == pytest.approx(math.log10(np.sum(layer.evals**layer.alpha)))
+    text = report.to_csv(tmp_path / "layers.csv").read_text().splitlines()
+    assert text[0].startswith("name,kind,shape") and len(text) == 6
+    data = json.loads(report.to_json(tmp_path / "layers.json").read_text())
+    assert data["aggregates"]["num_layers"] == 5 and len(data["layers"]) == 5
+    frame = report.to_dataframe()
+    assert list(frame["name"]) == [la.name for la in report.layers]
+    agg = report.aggregates
+    assert "min_evals" in report.layer("0").skipped  # Conv2d(1, 24, 3): 9 eigenvalues
+    alphas = np.array([la.alpha for la in report.fitted])
+    lmax = np.array([la.lambda_max for la in report.fitted])
+    assert len(alphas) == 4
+    assert agg["alpha_mean"] == pytest.approx(alphas.mean())
+    assert agg["alpha_hat"] == pytest.approx(np.mean(alphas * np.log(lmax)))
+    assert agg["frac_alpha_below_2"] == pytest.approx(np.mean(alphas < 2))
+    assert all(len(line) <= 100 for line in report.format_table().splitlines())
