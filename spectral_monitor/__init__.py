@@ -2,9 +2,12 @@
 weights, offline with :func:`analyze` and during Lightning training with ``SpectralMonitor``."""
 
 from spectral_monitor.analysis import AnalysisConfig, analyze
+from spectral_monitor.callback import SpectralMonitor
+from spectral_monitor.history import SpectralHistory
 from spectral_monitor.powerlaw_fit import PowerLawFit, fit_power_law, fit_power_law_batched
 from spectral_monitor.report import LayerSpectrum, SpectralReport
 from spectral_monitor.spectral_analysis import SpectralAnalysis
+from spectral_monitor.tracker import SpectralTracker
 
 __version__ = "0.1.0"
 
@@ -13,7 +16,10 @@ __all__ = [
     "LayerSpectrum",
     "PowerLawFit",
     "SpectralAnalysis",
+    "SpectralHistory",
+    "SpectralMonitor",
     "SpectralReport",
+    "SpectralTracker",
     "__version__",
     "analyze",
     "fit_power_law",

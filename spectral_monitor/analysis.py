@@ -146,7 +146,7 @@ def _snapshot_layer(name: str, module: nn.Module, config: AnalysisConfig, copy: 
 
 
 def take_snapshot(
-    model: nn.Module, config: AnalysisConfig, copy: bool = True
+    model: nn.Module, config: AnalysisConfig, copy: bool = True, max_bytes: int | None = None
 ) -> list[LayerSnapshot]:
     """Float32 copies of the selected layers' weights (on ``config.device`` or the weight's own).
 
@@ -155,11 +155,23 @@ def take_snapshot(
         config: which layers.
         copy: clone the weights (needed while training continues); False lets a float32 weight
             on the right device be used in place, for a one-off analysis.
+        max_bytes: budget for the copies; a layer that would exceed it is not copied and is
+            reported as skipped with the reason (None: no budget).
     """
-    return [
-        _snapshot_layer(name, module, config, copy)
-        for name, module in select_layers(model, config.layers, config.exclude)
-    ]
+    snapshot = []
+    held = 0
+    for name, module in select_layers(model, config.layers, config.exclude):
+        weight = getattr(module, "weight", None)
+        if max_bytes is not None and isinstance(weight, torch.Tensor) and not weight.is_meta:
+            need = weight.numel() * 4
+            if held + need > max_bytes:
+                kind = layer_kind(module) or type(module).__name__
+                reason = f"snapshot budget max_snapshot_bytes={max_bytes} exceeded"
+                snapshot.append(LayerSnapshot(name, kind, tuple(weight.shape), None, reason))
+                continue
+            held += need
+        snapshot.append(_snapshot_layer(name, module, config, copy))
+    return snapshot
 
 
 def _check_weight(snap: LayerSnapshot, config: AnalysisConfig) -> str | None:

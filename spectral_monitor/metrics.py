@@ -89,19 +89,27 @@ def aggregate_metrics(alphas: Sequence[float], lambda_maxes: Sequence[float]) ->
 
     Returns:
         ``alpha_mean``; ``alpha_hat`` = mean of alpha · ln λmax (natural log: the seed's
-        universal metric, Martin, Peng & Mahoney 2021); ``frac_alpha_below_2``; and
-        ``num_fitted``. NaN aggregates when no layer has a fit.
+        universal metric, Martin, Peng & Mahoney 2021); ``alpha_min`` (the most heavy-tailed
+        layer); ``frac_alpha_below_2``; and ``num_fitted``. NaN aggregates when no layer has a
+        fit.
     """
     a = np.asarray(alphas, dtype=np.float64)
     lam = np.asarray(lambda_maxes, dtype=np.float64)
     keep = np.isfinite(a) & np.isfinite(lam) & (lam > 0)
     if not keep.any():
         nan = math.nan
-        return {"alpha_mean": nan, "alpha_hat": nan, "frac_alpha_below_2": nan, "num_fitted": 0}
+        return {
+            "alpha_mean": nan,
+            "alpha_hat": nan,
+            "alpha_min": nan,
+            "frac_alpha_below_2": nan,
+            "num_fitted": 0,
+        }
     a, lam = a[keep], lam[keep]
     return {
         "alpha_mean": float(a.mean()),
         "alpha_hat": float(np.mean(a * np.log(lam))),
+        "alpha_min": float(a.min()),
         "frac_alpha_below_2": float(np.mean(a < OVER_TRAINED_BELOW)),
         "num_fitted": int(keep.sum()),
     }

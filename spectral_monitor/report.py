@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from spectral_monitor.metrics import aggregate_metrics
+from spectral_monitor.powerlaw_fit import PowerLawFit
 
 __all__ = ["ROW_FIELDS", "LayerSpectrum", "SpectralReport"]
 
@@ -45,6 +46,13 @@ class LayerSpectrum:
     verdict: str = "skipped"
     skipped: str | None = None
     evals: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def fit(self) -> PowerLawFit:
+        """The layer's power-law fit as a :class:`PowerLawFit` (failed when skipped)."""
+        if self.skipped is not None or not math.isfinite(self.alpha):
+            return PowerLawFit.failed(self.skipped or "no fit")
+        return PowerLawFit(self.alpha, self.xmin, self.D, self.sigma, self.n_tail, self.num_evals)
 
     def to_row(self) -> dict[str, Any]:
         """The scalar fields as a dict (``shape`` as ``"a x b"``, no eigenvalues)."""
@@ -88,7 +96,8 @@ class SpectralReport:
 
     @property
     def aggregates(self) -> dict[str, float]:
-        """``alpha_mean``, ``alpha_hat``, ``frac_alpha_below_2``, ``num_fitted``, ``num_layers``,
+        """``alpha_mean``, ``alpha_hat``, ``alpha_min``, ``frac_alpha_below_2``, ``num_fitted``,
+        ``num_layers``,
         ``num_skipped`` (see :func:`spectral_monitor.metrics.aggregate_metrics`)."""
         agg: dict[str, float] = aggregate_metrics(
             [la.alpha for la in self.fitted], [la.lambda_max for la in self.fitted]
@@ -104,6 +113,22 @@ class SpectralReport:
     @property
     def alpha_hat(self) -> float:
         return self.aggregates["alpha_hat"]
+
+    def scalars(self, prefix: str = "spectral") -> dict[str, float]:
+        """Scalars to log: ``{prefix}/alpha/<layer>``, ``{prefix}/lambda_max/<layer>`` for
+        fitted layers, and ``{prefix}/alpha_mean``, ``alpha_hat``, ``alpha_min``,
+        ``frac_alpha_below_2``, ``num_skipped_layers``, ``analysis_seconds``. NaN values are left
+        out (loggers draw them as gaps or reject them)."""
+        out: dict[str, float] = {}
+        for la in self.fitted:
+            out[f"{prefix}/alpha/{la.name}"] = float(la.alpha)
+            out[f"{prefix}/lambda_max/{la.name}"] = float(la.lambda_max)
+        agg = self.aggregates
+        for key in ("alpha_mean", "alpha_hat", "alpha_min", "frac_alpha_below_2"):
+            out[f"{prefix}/{key}"] = float(agg[key])
+        out[f"{prefix}/num_skipped_layers"] = float(agg["num_skipped"])
+        out[f"{prefix}/analysis_seconds"] = float(self.seconds)
+        return {k: v for k, v in out.items() if math.isfinite(v)}
 
     def layer(self, name: str) -> LayerSpectrum:
         """The layer called ``name``; KeyError if there is none."""

@@ -1,0 +1,336 @@
+r"""
+Spectral Monitor
+================
+
+Watches the heavy-tailed weight spectra of every Linear/Conv2d layer while a model trains: alpha
+and λmax curves per layer, ESD histograms, verdicts, and an optional stop when the network
+over-regularises (alpha under ~2, Martin & Mahoney).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+from typing_extensions import override
+
+from spectral_monitor.analysis import DEFAULT_MIN_EVALS
+from spectral_monitor.history import SpectralHistory
+from spectral_monitor.layers import LayerFilter
+from spectral_monitor.report import SpectralReport
+from spectral_monitor.tensorboard import write_layout, write_report_extras
+from spectral_monitor.tracker import SpectralTracker
+
+__all__ = ["SpectralMonitor"]
+
+
+class SpectralMonitor(Callback):
+    r"""Analyse the weight spectra of a model at the start of training and every
+    ``every_n_steps`` optimizer steps, off the training thread, and log the results.
+
+    Logged with the step of the snapshot (the step axis of ``self.log``) to every logger:
+    ``spectral/alpha/<layer>``, ``spectral/lambda_max/<layer>``, ``spectral/alpha_mean``,
+    ``spectral/alpha_hat``, ``spectral/alpha_min``, ``spectral/frac_alpha_below_2``,
+    ``spectral/analysis_seconds``, ``spectral/skipped`` (analyses skipped because the previous one
+    was still running), ``spectral/snapshot_mb``. TensorBoard also gets a custom-scalars layout
+    (all layers on one chart), histograms of log10 λ per layer, optional ESD figures with the fit,
+    and a text table of verdicts. The scalars go into ``trainer.callback_metrics`` on every rank,
+    so ``EarlyStopping(monitor="spectral/alpha_mean", mode="max", ...)`` works.
+
+    Args:
+        every_n_steps: analyse every this many optimizer steps (``trainer.global_step``).
+        layers: keep only layers whose name matches one of these glob patterns, or of these types.
+        exclude: drop layers matching these patterns or types.
+        conv2d: ``"flatten"`` (one (out, in·kh·kw) matrix) or ``"slices"`` (WeightWatcher's).
+        normalize: divide eigenvalues by the weight's number of rows (False: WeightWatcher's σ²).
+        min_evals: layers with fewer eigenvalues are skipped with that reason.
+        precision: eigensolver precision, ``"float32"`` or ``"float64"``.
+        device: where to analyse (default: the weights' device).
+        log_histograms: log per-layer histograms of log10 λ to TensorBoard.
+        histogram_every: log histograms (and the verdict table) every this many analyses.
+        log_figures_every: log an ESD figure with the fitted power law per layer every this many
+            analyses; None (default) never.
+        stop_below: stop training once ``stop_on`` stays below this for ``stop_patience``
+            consecutive analyses at or after ``start_step``; None (default) never.
+        stop_on: ``"alpha_mean"`` (default), ``"alpha_hat"`` or ``"alpha_min"``.
+        stop_patience: consecutive analyses under the threshold before stopping.
+        start_step: analyses before this step do not count for stopping.
+        mode: ``"auto"``/``"thread"``: analyses on a worker thread (on CUDA on a side stream);
+            ``"sync"``: inline, for debugging and for CUDA-graph capture.
+        max_snapshot_bytes: budget for one snapshot's float32 weight copies; layers beyond it are
+            skipped with that reason. None: no budget.
+        prefix: tag prefix (change it to run two monitors on one Trainer).
+
+    Raises:
+        ValueError: an argument has a wrong type or value (the message names it).
+
+    Example::
+
+        >>> import lightning as L
+        >>> from spectral_monitor import SpectralMonitor
+        >>> monitor = SpectralMonitor(every_n_steps=100, stop_below=2.0)
+        >>> trainer = L.Trainer(callbacks=[monitor])
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int = 100,
+        *,
+        layers: LayerFilter = None,
+        exclude: LayerFilter = None,
+        conv2d: str = "flatten",
+        normalize: bool = True,
+        min_evals: int = DEFAULT_MIN_EVALS,
+        precision: str = "float32",
+        device: Any = None,
+        log_histograms: bool = True,
+        histogram_every: int = 1,
+        log_figures_every: int | None = None,
+        stop_below: float | None = None,
+        stop_on: str = "alpha_mean",
+        stop_patience: int = 1,
+        start_step: int = 0,
+        mode: str = "auto",
+        max_snapshot_bytes: int | None = None,
+        prefix: str = "spectral",
+    ) -> None:
+        self.tracker = SpectralTracker(
+            every_n_steps,
+            layers=layers,
+            exclude=exclude,
+            conv2d=conv2d,
+            normalize=normalize,
+            min_evals=min_evals,
+            precision=precision,
+            device=device,
+            mode=mode,
+            max_snapshot_bytes=max_snapshot_bytes,
+            stop_below=stop_below,
+            stop_on=stop_on,
+            stop_patience=stop_patience,
+            start_step=start_step,
+            log_histograms=log_histograms,
+            histogram_every=histogram_every,
+            log_figures_every=log_figures_every,
+            prefix=prefix,
+        )
+        self.tracker.sinks.append(self._log_report)
+        self._trainer: Trainer | None = None
+        self._layouts_written: set[str] = set()
+        self._warned: set[str] = set()
+        self.stopped_step: int | None = None
+
+    # --- public state ------------------------------------------------------------------------
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(
+            every_n_steps=self.tracker.every_n_steps, prefix=self.tracker.prefix
+        )
+
+    @property
+    def history(self) -> SpectralHistory:
+        """Trajectories so far: per layer (step, alpha, λmax) and the aggregates."""
+        return self.tracker.history
+
+    @property
+    def latest(self) -> SpectralReport | None:
+        """The most recent report taken in."""
+        return self.tracker.latest
+
+    @property
+    def stop_reason(self) -> str | None:
+        """Why this monitor stopped the run, or None."""
+        return self.tracker.stop_reason if self.stopped_step is not None else None
+
+    # --- hooks -------------------------------------------------------------------------------
+
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self._trainer = trainer
+
+    @override
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.loggers:
+            self._warn_once(
+                "no-logger",
+                "SpectralMonitor: the Trainer has no logger; results are kept in "
+                "monitor.history and trainer.callback_metrics only.",
+            )
+        self.stopped_step = None
+        # The analysis at the start gives EarlyStopping a metric before its first check; a run
+        # resumed at an analysed step does not repeat it.
+        step = _logging_step(trainer, after_batch=False)
+        if step not in self.history:
+            self.tracker.submit(pl_module, trainer.global_step, step)
+        self._collect(trainer, block=self.tracker.mode == "sync")
+
+    @override
+    def on_train_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        self._collect(trainer, block=False)
+        step = trainer.global_step
+        scheduled = self.tracker.due(step)
+        if scheduled:
+            self.tracker.submit(pl_module, step, _logging_step(trainer, after_batch=True))
+            if self.tracker.mode == "sync":
+                self._collect(trainer, block=True)
+        if _is_last_batch(trainer):
+            # Drain before any EarlyStopping reads at epoch end, whatever the callback order.
+            self._drain(trainer)
+        elif scheduled or trainer.world_size == 1:
+            # Collectives only where every rank is: scheduled steps are the same on all ranks.
+            self._decide_stop(trainer)
+
+    @override
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.sanity_checking and self._trainer is not None:
+            self._drain(trainer)
+
+    @override
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._drain(trainer)
+
+    @override
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._collect(trainer, block=True)
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
+                self._guard("logger", lambda lg=logger: lg.experiment.flush())
+
+    @override
+    def on_exception(
+        self, trainer: Trainer, pl_module: LightningModule, exception: BaseException
+    ) -> None:
+        # Join the worker so no thread outlives the failed run; results still arriving are kept.
+        self._guard("shutdown", self.tracker.close)
+
+    @override
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self._guard("shutdown", self.tracker.close)
+            self._trainer = None
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        if self._trainer is not None:
+            # A checkpoint must hold the analyses already started, or a resumed run loses them.
+            self._collect(self._trainer, block=True)
+        return self.tracker.state_dict()
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.tracker.load_state_dict(state_dict)
+
+    # --- steps -------------------------------------------------------------------------------
+
+    def _collect(self, trainer: Trainer, block: bool) -> None:
+        self._trainer = trainer
+        self.tracker.collect(block=block)
+
+    def _drain(self, trainer: Trainer) -> None:
+        self._collect(trainer, block=True)
+        self._decide_stop(trainer)
+
+    def _decide_stop(self, trainer: Trainer) -> None:
+        if self.tracker.stop_rule is None:
+            return
+        local = self.tracker.should_stop
+        decision = trainer.strategy.reduce_boolean_decision(local, all=False)
+        if decision and not trainer.should_stop:
+            trainer.should_stop = True
+            self.stopped_step = trainer.global_step
+            reason = self.tracker.stop_reason or "the stop rule fired on another rank"
+            rank_zero_info(f"SpectralMonitor: stopping at step {trainer.global_step}: {reason}")
+            for logger in _tensorboard_loggers(trainer):
+                self._guard(
+                    "logger",
+                    lambda lg=logger: lg.experiment.add_text(
+                        f"{self.tracker.prefix}/stop_reason", reason, trainer.global_step
+                    ),
+                )
+
+    def _log_report(self, report: SpectralReport, step: int) -> None:
+        trainer = self._trainer
+        if trainer is None:
+            return
+        scalars = self.tracker.scalars(report)
+        for key, value in scalars.items():
+            trainer.callback_metrics[key] = torch.tensor(value)
+        for logger in trainer.loggers:
+            self._guard("logger", lambda lg=logger: lg.log_metrics(scalars, step=step))
+        if not trainer.is_global_zero:
+            return
+        index = self.tracker.num_analyses - 1
+        tracker = self.tracker
+        for logger in _tensorboard_loggers(trainer):
+
+            def write(lg: TensorBoardLogger = logger) -> None:
+                if lg.log_dir not in self._layouts_written:
+                    write_layout(lg.experiment, tracker.prefix)
+                    self._layouts_written.add(lg.log_dir)
+                extras = index % tracker.histogram_every == 0
+                every = tracker.log_figures_every
+                write_report_extras(
+                    lg.experiment,
+                    report,
+                    step,
+                    tracker.prefix,
+                    histograms=tracker.log_histograms and extras,
+                    figures=every is not None and index % every == 0,
+                    text=extras,
+                )
+
+            self._guard("logger", write)
+
+    def _guard(self, what: str, action: Any) -> None:
+        """Run ``action``; an exception becomes one warning per kind, never a failed run."""
+        try:
+            action()
+        except Exception as error:
+            self._warn_once(
+                what,
+                f"SpectralMonitor: {what} failed ({type(error).__name__}: {error}); training "
+                "goes on and further such failures are not reported.",
+            )
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            rank_zero_warn(message)
+
+
+def _tensorboard_loggers(trainer: Trainer) -> list[TensorBoardLogger]:
+    return [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+
+
+def _logging_step(trainer: Trainer, after_batch: bool) -> int:
+    """The step ``self.log`` stamps metrics with: batches that stepped the optimizer, counting the
+    current batch once its optimizer step is done."""
+    loop = trainer.fit_loop.epoch_loop
+    try:
+        step = int(loop._batches_that_stepped)
+        if after_batch and not loop._should_accumulate():
+            step += 1
+        return step
+    except (AttributeError, TypeError):  # a Lightning without these internals
+        return trainer.global_step
+
+
+def _is_last_batch(trainer: Trainer) -> bool:
+    try:
+        return bool(trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
+    except AttributeError:
+        return False

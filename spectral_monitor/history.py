@@ -1,0 +1,107 @@
+"""``SpectralHistory``: the trajectories of a training run — per layer (step, alpha, λmax) and the
+model aggregates per analysis — kept in memory, checkpointable, exportable as rows or CSV."""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from spectral_monitor.report import SpectralReport
+
+__all__ = ["AGGREGATE_KEYS", "SpectralHistory"]
+
+#: Aggregates kept per analysis (see SpectralReport.aggregates).
+AGGREGATE_KEYS = ("alpha_mean", "alpha_hat", "alpha_min", "frac_alpha_below_2")
+
+
+@dataclass
+class SpectralHistory:
+    """Trajectories over training.
+
+    Attributes:
+        layers: ``{layer: {"step": [...], "alpha": [...], "lambda_max": [...]}}``; a skipped
+            layer's alpha is NaN at that step.
+        aggregates: ``{"step": [...], "alpha_mean": [...], ...}`` one entry per analysis.
+    """
+
+    layers: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    aggregates: dict[str, list[float]] = field(
+        default_factory=lambda: {"step": [], **{k: [] for k in AGGREGATE_KEYS}}
+    )
+
+    @property
+    def steps(self) -> list[int]:
+        """Steps with an analysis, in order."""
+        return [int(s) for s in self.aggregates["step"]]
+
+    def __len__(self) -> int:
+        return len(self.aggregates["step"])
+
+    def __contains__(self, step: object) -> bool:
+        return step in self.aggregates["step"]
+
+    def add(self, report: SpectralReport) -> bool:
+        """Append one report (its ``step`` must be set). Returns False, adding nothing, for a step
+        already present — a resumed run re-analysing its checkpoint step adds no duplicate."""
+        if report.step is None:
+            raise ValueError("history needs reports with a step")
+        if report.step in self:
+            return False
+        agg = report.aggregates
+        self.aggregates["step"].append(report.step)
+        for key in AGGREGATE_KEYS:
+            self.aggregates[key].append(float(agg[key]))
+        for layer in report.layers:
+            track = self.layers.setdefault(layer.name, {"step": [], "alpha": [], "lambda_max": []})
+            track["step"].append(report.step)
+            track["alpha"].append(float(layer.alpha))
+            track["lambda_max"].append(float(layer.lambda_max))
+        return True
+
+    def alpha(self, layer: str) -> tuple[list[int], list[float]]:
+        """(steps, alphas) of one layer."""
+        track = self.layers[layer]
+        return [int(s) for s in track["step"]], list(track["alpha"])
+
+    def to_rows(self) -> list[dict[str, Any]]:
+        """One row per (step, layer): step, layer, alpha, lambda_max."""
+        rows = []
+        for name, track in self.layers.items():
+            for step, alpha, lam in zip(
+                track["step"], track["alpha"], track["lambda_max"], strict=True
+            ):
+                rows.append({"step": int(step), "layer": name, "alpha": alpha, "lambda_max": lam})
+        rows.sort(key=lambda r: r["step"])
+        return rows
+
+    def to_csv(self, path: str | Path) -> Path:
+        """Write :meth:`to_rows` as CSV; returns the path."""
+        path = Path(path)
+        with path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["step", "layer", "alpha", "lambda_max"])
+            writer.writeheader()
+            writer.writerows(self.to_rows())
+        return path
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain lists and dicts (checkpoint-safe)."""
+        return {
+            "layers": {k: {kk: list(vv) for kk, vv in v.items()} for k, v in self.layers.items()},
+            "aggregates": {k: list(v) for k, v in self.aggregates.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from :meth:`state_dict`."""
+        self.layers = {
+            k: {kk: list(vv) for kk, vv in v.items()} for k, v in state["layers"].items()
+        }
+        aggregates = {"step": [], **{k: [] for k in AGGREGATE_KEYS}}
+        aggregates.update({k: list(v) for k, v in state["aggregates"].items()})
+        count = len(aggregates["step"])
+        for key in AGGREGATE_KEYS:  # a history saved before a key existed gets NaN for it
+            if len(aggregates[key]) != count:
+                aggregates[key] = [math.nan] * count
+        self.aggregates = aggregates

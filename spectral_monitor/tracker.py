@@ -1,0 +1,306 @@
+"""``SpectralTracker``: the schedule, the worker, the history and the stop rule, with no
+dependency on a Trainer — usable from a plain PyTorch loop, and the engine inside the Lightning
+callback.
+
+Plain loop::
+
+    tracker = SpectralTracker(every_n_steps=100, log_dir="runs/exp1")
+    for step, batch in enumerate(loader, 1):
+        ...; optimizer.step()
+        tracker.step(model, step)
+        if tracker.should_stop:
+            break
+    tracker.close()
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from torch import nn
+
+from spectral_monitor.analysis import DEFAULT_MIN_EVALS, AnalysisConfig, take_snapshot
+from spectral_monitor.history import SpectralHistory
+from spectral_monitor.layers import LayerFilter
+from spectral_monitor.report import SpectralReport
+from spectral_monitor.stopping import STOP_ON, ThresholdStopRule
+from spectral_monitor.worker import AnalysisWorker
+
+__all__ = ["MODES", "SpectralTracker"]
+
+MODES = ("auto", "thread", "sync")
+
+#: A sink receives each finished report and the step to log it at.
+ReportSink = Callable[[SpectralReport, int], None]
+
+
+def _check_int(name: str, value: Any, minimum: int, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+class SpectralTracker:
+    """Schedules spectral analyses of a model over training and keeps their results.
+
+    Args:
+        every_n_steps: analyse when the step crosses a multiple of this (optimizer steps).
+        layers, exclude, conv2d, normalize, min_evals, precision, device: what to analyse and
+            how; see :func:`spectral_monitor.analyze`.
+        mode: ``"thread"`` (analyses on a worker thread; the default that ``"auto"`` picks) or
+            ``"sync"`` (inline: for debugging, and for CUDA-graph capture, which a side thread's
+            decompositions would break).
+        max_snapshot_bytes: budget for the float32 weight copies of one analysis; layers beyond
+            it are skipped with that reason. None: no budget.
+        stop_below: if set, :attr:`should_stop` becomes True once ``stop_on`` stays below this
+            for ``stop_patience`` consecutive analyses at or after ``start_step``.
+        stop_on: ``"alpha_mean"``, ``"alpha_hat"`` or ``"alpha_min"``.
+        stop_patience: consecutive analyses below the threshold needed to stop.
+        start_step: analyses before this step do not count for stopping.
+        log_dir: for plain loops: write TensorBoard events here (scalars, layout, histograms).
+        log_histograms, histogram_every, log_figures_every: TensorBoard extras for ``log_dir``:
+            histograms every k analyses, ESD figures every k analyses (None: never).
+        prefix: tag prefix, ``"spectral"`` gives ``spectral/alpha/<layer>``.
+
+    Raises:
+        ValueError: an argument is invalid (the message names it).
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int = 100,
+        *,
+        layers: LayerFilter = None,
+        exclude: LayerFilter = None,
+        conv2d: str = "flatten",
+        normalize: bool = True,
+        min_evals: int = DEFAULT_MIN_EVALS,
+        precision: str = "float32",
+        device: Any = None,
+        mode: str = "auto",
+        max_snapshot_bytes: int | None = None,
+        stop_below: float | None = None,
+        stop_on: str = "alpha_mean",
+        stop_patience: int = 1,
+        start_step: int = 0,
+        log_dir: str | None = None,
+        log_histograms: bool = True,
+        histogram_every: int = 1,
+        log_figures_every: int | None = None,
+        prefix: str = "spectral",
+    ) -> None:
+        _check_int("every_n_steps", every_n_steps, 1)
+        _check_int("max_snapshot_bytes", max_snapshot_bytes, 1, allow_none=True)
+        _check_int("stop_patience", stop_patience, 1)
+        _check_int("start_step", start_step, 0)
+        _check_int("histogram_every", histogram_every, 1)
+        _check_int("log_figures_every", log_figures_every, 1, allow_none=True)
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if stop_below is not None and (
+            isinstance(stop_below, bool)
+            or not isinstance(stop_below, (int, float))
+            or not math.isfinite(stop_below)
+        ):
+            raise ValueError(f"stop_below must be a finite number or None, got {stop_below!r}")
+        if stop_on not in STOP_ON:
+            raise ValueError(f"stop_on must be one of {STOP_ON}, got {stop_on!r}")
+        if not isinstance(log_histograms, bool):
+            raise ValueError(f"log_histograms must be a bool, got {log_histograms!r}")
+        if not isinstance(prefix, str) or not prefix or prefix.endswith("/"):
+            raise ValueError(
+                f"prefix must be a non-empty string without trailing '/', got {prefix!r}"
+            )
+        if log_dir is not None and not isinstance(log_dir, str):
+            raise ValueError(f"log_dir must be a path string or None, got {log_dir!r}")
+        self.config = AnalysisConfig.create(
+            layers, exclude, conv2d, normalize, min_evals, precision, device
+        )
+        self.every_n_steps = every_n_steps
+        self.mode = "thread" if mode == "auto" else mode
+        self.max_snapshot_bytes = max_snapshot_bytes
+        self.prefix = prefix
+        self.log_histograms = log_histograms
+        self.histogram_every = histogram_every
+        self.log_figures_every = log_figures_every
+        self.log_dir = log_dir
+        self.stop_rule = (
+            None
+            if stop_below is None
+            else ThresholdStopRule(float(stop_below), stop_on, stop_patience, start_step)
+        )
+        self.history = SpectralHistory()
+        self.latest: SpectralReport | None = None
+        self.sinks: list[ReportSink] = []
+        self.num_analyses = 0
+        self.num_skipped = 0
+        self.num_failed = 0
+        self.last_snapshot_bytes = 0
+        self._last_attempt: int | None = None
+        self._worker = AnalysisWorker(self.mode)  # type: ignore[arg-type]
+        self._writer: Any = None
+        self._warned_failure = False
+
+    # --- schedule -------------------------------------------------------------------------
+
+    def due(self, step: int) -> bool:
+        """Whether an analysis is due at ``step``: the step crossed a multiple of
+        ``every_n_steps`` since the last attempt (analysed or skipped)."""
+        if self._last_attempt is None:
+            return True
+        return step // self.every_n_steps > self._last_attempt // self.every_n_steps
+
+    def submit(self, model: nn.Module, step: int, report_step: int | None = None) -> bool:
+        """Snapshot ``model`` now and start its analysis. Returns False, and counts a skip, when
+        the previous analysis is still running (back-pressure).
+
+        Args:
+            model: the model being trained.
+            step: the schedule's step (optimizer steps so far).
+            report_step: the step the report is stamped and logged with, if it differs from
+                ``step`` (Lightning's logging step counts batches, not optimizer steps).
+        """
+        self._last_attempt = step
+        if self._worker.busy:
+            self.num_skipped += 1
+            return False
+        snapshot = take_snapshot(model, self.config, copy=True, max_bytes=self.max_snapshot_bytes)
+        self.last_snapshot_bytes = sum(s.nbytes for s in snapshot)
+        return self._worker.submit(
+            snapshot, self.config, step if report_step is None else report_step
+        )
+
+    def maybe_submit(self, model: nn.Module, step: int) -> bool:
+        """:meth:`submit` if an analysis is due at ``step``."""
+        return self.due(step) and self.submit(model, step)
+
+    # --- results ---------------------------------------------------------------------------
+
+    def collect(self, block: bool = False) -> list[SpectralReport]:
+        """Take in finished analyses (waiting for the running one if ``block``): add them to the
+        history, update the stop rule, hand them to the sinks. A failed analysis becomes one
+        warning with its traceback (once) and is counted in ``num_failed``."""
+        results = self._worker.wait() if block else self._worker.poll()
+        reports = []
+        for result in results:
+            if result.report is None:
+                self.num_failed += 1
+                if not self._warned_failure:
+                    self._warned_failure = True
+                    rank_zero_warn(
+                        f"SpectralMonitor: the analysis at step {result.step} failed; training "
+                        f"goes on and later failures are only counted.\n{result.error}"
+                    )
+                continue
+            report = result.report
+            if not self.history.add(report):
+                continue
+            self.num_analyses += 1
+            self.latest = report
+            if self.stop_rule is not None:
+                self.stop_rule.update(report)
+            for sink in self.sinks:
+                sink(report, int(report.step if report.step is not None else 0))
+            reports.append(report)
+        return reports
+
+    @property
+    def should_stop(self) -> bool:
+        """True once the stop rule fired (always False without ``stop_below``)."""
+        return self.stop_rule is not None and self.stop_rule.should_stop
+
+    @property
+    def stop_reason(self) -> str | None:
+        """Why the stop rule fired, or None."""
+        return None if self.stop_rule is None else self.stop_rule.reason
+
+    @property
+    def busy(self) -> bool:
+        """True while an analysis is running."""
+        return self._worker.busy
+
+    def scalars(self, report: SpectralReport) -> dict[str, float]:
+        """The report's scalars plus this tracker's counters."""
+        out = report.scalars(self.prefix)
+        out[f"{self.prefix}/skipped"] = float(self.num_skipped)
+        out[f"{self.prefix}/snapshot_mb"] = self.last_snapshot_bytes / 2**20
+        return out
+
+    # --- plain-loop use ------------------------------------------------------------------
+
+    def step(self, model: nn.Module, step: int) -> list[SpectralReport]:
+        """For a plain training loop, after ``optimizer.step()``: take in finished analyses and
+        start a new one if due. Returns the reports taken in."""
+        if self.log_dir is not None and self._writer is None:
+            self._open_writer()
+        reports = self.collect()
+        if self.maybe_submit(model, step) and self.mode == "sync":
+            reports += self.collect()
+        return reports
+
+    def _open_writer(self) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        from spectral_monitor.tensorboard import write_layout, write_report_extras, write_scalars
+
+        self._writer = SummaryWriter(self.log_dir)
+        write_layout(self._writer, self.prefix)
+        writer = self._writer
+
+        def sink(report: SpectralReport, step: int) -> None:
+            write_scalars(writer, self.scalars(report), step)
+            index = self.num_analyses - 1
+            write_report_extras(
+                writer,
+                report,
+                step,
+                self.prefix,
+                histograms=self.log_histograms and index % self.histogram_every == 0,
+                figures=self.log_figures_every is not None and index % self.log_figures_every == 0,
+            )
+            writer.flush()
+
+        self.sinks.append(sink)
+
+    def close(self) -> list[SpectralReport]:
+        """Finish and take in outstanding work, join the worker thread, close ``log_dir``'s
+        writer. The tracker stays usable (a new worker thread starts on demand)."""
+        reports = self.collect(block=True)
+        self._worker.close()
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+            self.sinks.clear()
+        return reports
+
+    @property
+    def worker_alive(self) -> bool:
+        """True while a worker thread exists."""
+        return self._worker.thread_alive
+
+    # --- checkpointing ---------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """History, schedule, counters and stop-rule state."""
+        return {
+            "history": self.history.state_dict(),
+            "last_attempt": self._last_attempt,
+            "num_analyses": self.num_analyses,
+            "num_skipped": self.num_skipped,
+            "num_failed": self.num_failed,
+            "stop_rule": None if self.stop_rule is None else self.stop_rule.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; curves continue where they stopped."""
+        self.history.load_state_dict(state["history"])
+        self._last_attempt = state.get("last_attempt")
+        self.num_analyses = int(state.get("num_analyses", len(self.history)))
+        self.num_skipped = int(state.get("num_skipped", 0))
+        self.num_failed = int(state.get("num_failed", 0))
+        if self.stop_rule is not None and state.get("stop_rule") is not None:
+            self.stop_rule.load_state_dict(state["stop_rule"])

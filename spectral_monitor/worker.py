@@ -1,0 +1,142 @@
+"""Running analyses off the training thread.
+
+The training thread hands over a snapshot (float32 copies of the weights, already taken) and goes
+on. A single worker thread runs :func:`~spectral_monitor.analysis.analyze_snapshot` on it. On CUDA
+the worker computes on its own stream, which first waits on an event recorded on the training
+stream right after the copies were enqueued, so the copies are complete before they are read and
+the training stream never waits for the analysis. ``torch.linalg`` decompositions synchronise the
+host with the device; on the worker thread that stalls only the worker.
+
+Back-pressure: one analysis at a time. :meth:`AnalysisWorker.submit` refuses a new one while the
+previous is running, and the caller counts the skip, so at most one snapshot is held.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import traceback
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from spectral_monitor.analysis import AnalysisConfig, LayerSnapshot, analyze_snapshot
+from spectral_monitor.report import SpectralReport
+
+__all__ = ["WORKER_MODES", "AnalysisResult", "AnalysisWorker"]
+
+WORKER_MODES = ("thread", "sync")
+WorkerMode = Literal["thread", "sync"]
+
+
+@dataclass
+class AnalysisResult:
+    """What came back from one analysis: a report, or the traceback of the failure."""
+
+    step: int
+    report: SpectralReport | None
+    error: str | None = None
+
+
+class AnalysisWorker:
+    """Runs one analysis at a time, inline (``"sync"``) or on a worker thread (``"thread"``).
+
+    Args:
+        mode: ``"thread"`` (default) or ``"sync"`` (inline, for debugging and CUDA-graph capture).
+    """
+
+    def __init__(self, mode: WorkerMode = "thread") -> None:
+        if mode not in WORKER_MODES:
+            raise ValueError(f"mode must be one of {WORKER_MODES}, got {mode!r}")
+        self.mode = mode
+        self._executor: ThreadPoolExecutor | None = None
+        self._futures: list[Future[AnalysisResult]] = []
+        self._done: list[AnalysisResult] = []
+        self._streams: dict[torch.device, torch.cuda.Stream] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def busy(self) -> bool:
+        """True while an analysis is running."""
+        return any(not f.done() for f in self._futures)
+
+    @property
+    def thread_alive(self) -> bool:
+        """True while the worker thread exists (between the first submit and :meth:`close`)."""
+        return self._executor is not None
+
+    def submit(self, snapshot: list[LayerSnapshot], config: AnalysisConfig, step: int) -> bool:
+        """Start analysing ``snapshot``; False (nothing started) while the previous one runs."""
+        if self.busy:
+            return False
+        ready: dict[torch.device, torch.cuda.Event] = {}
+        for snap in snapshot:
+            w = snap.weight
+            if w is not None and w.is_cuda and w.device not in ready:
+                event = torch.cuda.Event()
+                event.record(torch.cuda.current_stream(w.device))
+                ready[w.device] = event
+        if self.mode == "sync":
+            self._done.append(self._run(snapshot, config, step, ready))
+            return True
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="spectral-monitor")
+        self._futures.append(self._executor.submit(self._run, snapshot, config, step, ready))
+        return True
+
+    def _stream(self, device: torch.device) -> torch.cuda.Stream:
+        with self._lock:
+            if device not in self._streams:
+                self._streams[device] = torch.cuda.Stream(device=device)
+            return self._streams[device]
+
+    def _run(
+        self,
+        snapshot: list[LayerSnapshot],
+        config: AnalysisConfig,
+        step: int,
+        ready: dict[torch.device, torch.cuda.Event],
+    ) -> AnalysisResult:
+        try:
+            with contextlib.ExitStack() as stack:
+                stack.enter_context(torch.no_grad())
+                for device, event in ready.items():
+                    stream = self._stream(device)
+                    stream.wait_event(event)
+                    stack.enter_context(torch.cuda.stream(stream))
+                    for snap in snapshot:
+                        # The copies were allocated on the training stream; tell the caching
+                        # allocator they are in use on ours until our work is done.
+                        if snap.weight is not None and snap.weight.device == device:
+                            snap.weight.record_stream(stream)
+                report = analyze_snapshot(snapshot, config, step)
+            return AnalysisResult(step, report)
+        except Exception:
+            return AnalysisResult(step, None, traceback.format_exc())
+        finally:
+            snapshot.clear()  # free the weight copies as soon as they are read
+
+    def poll(self) -> list[AnalysisResult]:
+        """Results finished since the last call, oldest first; never blocks."""
+        finished = [f for f in self._futures if f.done()]
+        self._futures = [f for f in self._futures if not f.done()]
+        results, self._done = self._done + [f.result() for f in finished], []
+        return sorted(results, key=lambda r: r.step)
+
+    def wait(self) -> list[AnalysisResult]:
+        """Block until the running analysis (if any) has finished; then :meth:`poll`."""
+        if self._futures:
+            wait_futures(list(self._futures))
+        return self.poll()
+
+    def close(self) -> list[AnalysisResult]:
+        """Finish outstanding work, join the worker thread, and return what was still unread.
+        The worker can be used again afterwards (a new thread starts on the next submit)."""
+        results = self.wait()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        return results
