@@ -164,9 +164,15 @@ class SpectralMonitor(Callback):
                 "monitor.history and trainer.callback_metrics only.",
             )
         self.stopped_step = None
+        step = _logging_step(trainer, after_batch=False)
+        steps = self.history.steps
+        if steps and step < steps[-1]:
+            # Steps went back without a checkpoint that says so: a new run, e.g. a second fit()
+            # with a fresh Trainer. Its curves start afresh instead of interleaving with the last.
+            rank_zero_info("SpectralMonitor: training restarted at an earlier step; new history.")
+            self.tracker.reset()
         # The analysis at the start gives EarlyStopping a metric before its first check; a run
         # resumed at an analysed step does not repeat it.
-        step = _logging_step(trainer, after_batch=False)
         if step not in self.history:
             self.tracker.submit(pl_module, trainer.global_step, step)
         self._collect(trainer, block=self.tracker.mode == "sync")

@@ -282,6 +282,16 @@ class SpectralTracker:
         """True while a worker thread exists."""
         return self._worker.thread_alive
 
+    def reset(self) -> None:
+        """Forget the history, schedule, counters and stop state (a new run starts)."""
+        self.collect(block=True)
+        self.history = SpectralHistory()
+        self.latest = None
+        self.num_analyses = self.num_skipped = self.num_failed = 0
+        self._last_attempt = None
+        if self.stop_rule is not None:
+            self.stop_rule.load_state_dict({})
+
     # --- checkpointing ---------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
