@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,6 +28,7 @@ from spectral_monitor.layers import (
     matrix_shape,
     normalize_filter,
     select_layers,
+    select_weights,
     weight_matrices,
 )
 from spectral_monitor.metrics import layer_metrics, verdict
@@ -38,6 +41,7 @@ __all__ = [
     "LayerSnapshot",
     "analyze",
     "analyze_snapshot",
+    "analyze_state_dict",
     "take_snapshot",
 ]
 
@@ -125,9 +129,9 @@ class LayerSnapshot:
         return 0 if self.weight is None else self.weight.numel() * self.weight.element_size()
 
 
-def _snapshot_layer(name: str, module: nn.Module, config: AnalysisConfig, copy: bool):
-    kind = layer_kind(module) or type(module).__name__
-    weight = getattr(module, "weight", None)
+def _snapshot_layer(
+    name: str, kind: str, weight: Any, config: AnalysisConfig, copy: bool
+) -> LayerSnapshot:
     if not isinstance(weight, torch.Tensor) or isinstance(
         weight, nn.parameter.UninitializedParameter
     ):
@@ -170,8 +174,20 @@ def take_snapshot(
                 snapshot.append(LayerSnapshot(name, kind, tuple(weight.shape), None, reason))
                 continue
             held += need
-        snapshot.append(_snapshot_layer(name, module, config, copy))
+        kind = layer_kind(module) or type(module).__name__
+        snapshot.append(_snapshot_layer(name, kind, weight, config, copy))
     return snapshot
+
+
+def snapshot_state_dict(
+    state_dict: Mapping[str, Any], config: AnalysisConfig
+) -> list[LayerSnapshot]:
+    """Like :func:`take_snapshot`, for a bare state dict (see
+    :func:`spectral_monitor.layers.select_weights` for which tensors count as layers)."""
+    return [
+        _snapshot_layer(name, kind, tensor, config, copy=False)
+        for name, kind, tensor in select_weights(state_dict, config.layers, config.exclude)
+    ]
 
 
 def _check_weight(snap: LayerSnapshot, config: AnalysisConfig) -> str | None:
@@ -287,6 +303,35 @@ def analyze(
         warnings.warn(
             f"analyze(): {type(model).__name__} has no Linear/Conv2d layer to analyse"
             + (" after the layers/exclude filters" if layers or exclude else ""),
+            UserWarning,
+            stacklevel=2,
+        )
+    return analyze_snapshot(snapshot, config)
+
+
+def analyze_state_dict(
+    state_dict: Mapping[str, Any],
+    *,
+    layers: LayerFilter = None,
+    exclude: LayerFilter = None,
+    conv2d: str = "flatten",
+    normalize: bool = True,
+    min_evals: int = DEFAULT_MIN_EVALS,
+    precision: str = "float32",
+    device: torch.device | str | None = None,
+) -> SpectralReport:
+    """:func:`analyze` for weights without their model class: every 2-D ``*.weight`` tensor is
+    analysed as a Linear weight and every 4-D one as a Conv2d weight. Layer names are the keys
+    without ``.weight``. Type filters ``nn.Linear``/``nn.Conv2d`` select by dimensionality.
+
+    Raises:
+        ValueError: an argument is invalid (the message names it).
+    """
+    config = AnalysisConfig.create(layers, exclude, conv2d, normalize, min_evals, precision, device)
+    snapshot = snapshot_state_dict(state_dict, config)
+    if not snapshot:
+        warnings.warn(
+            "analyze_state_dict(): no 2-D or 4-D floating-point '*.weight' tensor to analyse",
             UserWarning,
             stacklevel=2,
         )

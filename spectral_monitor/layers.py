@@ -9,8 +9,8 @@ eigenvalues are pooled into one spectrum (``conv2d="slices"``, WeightWatcher's c
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Sequence
-from typing import Literal, Union
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, Union
 
 import torch
 from torch import nn
@@ -22,6 +22,7 @@ __all__ = [
     "matrix_shape",
     "normalize_filter",
     "select_layers",
+    "select_weights",
     "weight_matrices",
 ]
 
@@ -53,14 +54,22 @@ def normalize_filter(value: LayerFilter, argument: str) -> tuple[LayerFilterItem
     return tuple(items)
 
 
-def _matches(name: str, module: nn.Module, items: tuple[LayerFilterItem, ...]) -> bool:
+def _matches(name: str, module: nn.Module | str, items: tuple[LayerFilterItem, ...]) -> bool:
+    """Whether a layer matches a filter; ``module`` may be a kind (``"linear"``/``"conv2d"``)
+    when only weights are known, and then matches the types ``nn.Linear``/``nn.Conv2d``."""
     for item in items:
         if isinstance(item, str):
             if fnmatch.fnmatchcase(name, item):
                 return True
+        elif isinstance(module, str):
+            if any(module == kind and issubclass(base, item) for base, kind in _KINDS):
+                return True
         elif isinstance(module, item):
             return True
     return False
+
+
+_KINDS = ((nn.Linear, "linear"), (nn.Conv2d, "conv2d"))
 
 
 def layer_kind(module: nn.Module) -> str | None:
@@ -98,6 +107,38 @@ def select_layers(
         if exclude is not None and _matches(name, module, exclude):
             continue
         selected.append((name, module))
+    return selected
+
+
+def select_weights(
+    state_dict: Mapping[str, Any],
+    layers: tuple[LayerFilterItem, ...] | None = None,
+    exclude: tuple[LayerFilterItem, ...] | None = None,
+) -> list[tuple[str, str, torch.Tensor]]:
+    """The analysable weights of a state dict, when no model class is at hand.
+
+    Every floating-point tensor under a key ``weight`` or ``*.weight`` with 2 dimensions is taken
+    as a Linear weight (out, in) — an Embedding's weight looks the same and is analysed as a
+    matrix too — and with 4 dimensions as a Conv2d weight (out, in, kh, kw).
+
+    Returns:
+        ``(name, kind, tensor)`` with the name being the key without ``.weight``.
+    """
+    selected = []
+    for key, tensor in state_dict.items():
+        if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
+            continue
+        if key != "weight" and not key.endswith(".weight"):
+            continue
+        kind = {2: "linear", 4: "conv2d"}.get(tensor.dim())
+        if kind is None:
+            continue
+        name = key[: -len(".weight")] if key != "weight" else "root"
+        if layers is not None and not _matches(name, kind, layers):
+            continue
+        if exclude is not None and _matches(name, kind, exclude):
+            continue
+        selected.append((name, kind, tensor))
     return selected
 
 
