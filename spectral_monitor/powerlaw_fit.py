@@ -102,7 +102,7 @@ def _fit_padded(
 
     Args:
         x: (B, n) float64, each row sorted ascending and positive in its first ``lengths[b]``
-            entries; entries past that are padding (any finite positive value >= the row's max).
+            entries; entries past that are padding, equal to the row's largest value.
         lengths: (B,) int64, number of valid entries per row, each with >= 2 distinct values.
 
     Returns:
@@ -113,15 +113,19 @@ def _fit_padded(
     idx = torch.arange(n, device=device)
     valid = idx.unsqueeze(0) < lengths.unsqueeze(1)  # (B, n)
 
-    # Logs relative to each row's smallest value: differences are all the fit needs, and the
-    # shift keeps suffix sums small so that their rounding error stays far below 1e-9 of alpha.
-    logs = torch.log(x)
-    logs = logs - logs[:, :1]
-    masked = torch.where(valid, logs, torch.zeros_like(logs))
-    suffix = torch.flip(torch.cumsum(torch.flip(masked, [1]), 1), [1])  # sum_{j >= i} L_j
+    # Everything is built from the log-gaps g_k = ln(x_{k+1} / x_k) >= 0, computed as log1p of
+    # the relative gap: values a few ulps apart keep a tiny positive gap (ln(x) - ln(x_i) would
+    # round it to 0 and give alpha = inf), ties give exactly 0, and the sums below add only
+    # non-negative terms, so they do not cancel.
+    gaps = torch.zeros_like(x)
+    gaps[:, :-1] = torch.log1p((x[:, 1:] - x[:, :-1]) / x[:, :-1])
+    logs = torch.cumsum(gaps, 1) - gaps  # ln(x_j / x_0), exclusive prefix sums
     n_tail = (lengths.unsqueeze(1) - idx.unsqueeze(0)).clamp(min=1)  # (B, n) int64
     n_tail_f = n_tail.to(torch.float64)
-    denom = suffix - n_tail_f * logs  # sum_{j >= i} ln(x_j / x_i)
+    # sum_{j >= i} ln(x_j / x_i) = sum_{k >= i} g_k * (number of j > k in the tail); padding
+    # repeats the largest value, so its gaps are 0 and it adds nothing.
+    weighted = gaps * (lengths.unsqueeze(1) - 1 - idx.unsqueeze(0)).clamp(min=0)
+    denom = torch.flip(torch.cumsum(torch.flip(weighted, [1]), 1), [1])
     alpha = 1.0 + n_tail_f / denom  # inf where the tail is one repeated value (not a candidate)
 
     # First index of each value's run: E(x_j) = (first_j - i) / n_tail_i counts x < x_j in tail i.
@@ -154,7 +158,8 @@ def _fit_padded(
         t.sub_((offset[:, i0:i1] + 1.0).unsqueeze(2)).abs_()
         t.masked_fill_(below[:rows, :cols], 0.0)
         torch.amax(t, dim=2, out=D[:, i0:i1])
-    D = torch.where(candidate, D, torch.full_like(D, math.inf))
+    # A NaN distance must never win the argmin (torch.argmin takes NaN as the smallest).
+    D = torch.where(candidate & ~torch.isnan(D), D, torch.full_like(D, math.inf))
 
     best = torch.argmin(D, dim=1, keepdim=True)  # first minimum on ties
     alpha_b = alpha.gather(1, best).squeeze(1)
