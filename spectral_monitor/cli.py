@@ -1,0 +1,366 @@
+"""The ``spectral-monitor`` command line.
+
+    spectral-monitor analyze PATH [--csv F] [--json F] [--plots DIR] [--conv2d slices] ...
+    spectral-monitor history LOGDIR [--csv F] [--prefix spectral]
+
+``analyze`` reads a Lightning ``.ckpt``, a ``torch.save``d state dict or module, or a
+``.safetensors`` file and builds the per-layer table from the weights alone. ``history`` reads
+the TensorBoard events a run wrote and prints the alpha trajectories per layer.
+
+Exit codes: 0 success; 2 bad command line; 3 file or directory not found; 4 the file cannot be
+read as weights (or the directory holds no spectral events); 5 no analysable layer in the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+from torch import nn
+
+from spectral_monitor.analysis import (
+    DEFAULT_MIN_EVALS,
+    AnalysisConfig,
+    analyze_snapshot,
+    snapshot_state_dict,
+)
+from spectral_monitor.report import SpectralReport
+
+__all__ = [
+    "EXIT_EMPTY",
+    "EXIT_MISSING",
+    "EXIT_UNREADABLE",
+    "load_weights",
+    "main",
+    "read_history",
+]
+
+EXIT_MISSING = 3
+EXIT_UNREADABLE = 4
+EXIT_EMPTY = 5
+
+_COLORS = {"over-trained": "31", "under-trained": "33", "well-trained": "32"}
+
+
+class CLIError(Exception):
+    """An error with a message for the user and an exit code."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _tensors_of(obj: Any) -> Mapping[str, torch.Tensor] | None:
+    """The state dict inside a loaded object, or None."""
+    if isinstance(obj, nn.Module):
+        return obj.state_dict()
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model_state_dict", "model", "module"):
+            inner = obj.get(key)
+            found = _tensors_of(inner) if inner is not None else None
+            if found:
+                return found
+        tensors = {
+            k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)
+        }
+        return tensors or None
+    return None
+
+
+def load_weights(path: str | Path, trust_pickle: bool = False) -> Mapping[str, torch.Tensor]:
+    """The named weight tensors in a checkpoint, state dict, pickled module or safetensors file.
+
+    Args:
+        path: the file.
+        trust_pickle: allow full unpickling (runs code from the file: only for files you trust);
+            by default only tensors and plain containers are unpickled.
+
+    Raises:
+        CLIError: the file is missing (exit 3) or holds no weights we can read (exit 4).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CLIError(f"no such file: {path}", EXIT_MISSING)
+    if path.is_dir():
+        raise CLIError(f"{path} is a directory; give a checkpoint or weights file", EXIT_UNREADABLE)
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError as error:
+            raise CLIError(
+                "reading .safetensors needs: pip install safetensors", EXIT_UNREADABLE
+            ) from error
+        try:
+            return load_file(str(path))
+        except Exception as error:
+            raise CLIError(
+                f"cannot read {path} as safetensors: {error}", EXIT_UNREADABLE
+            ) from error
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+    except Exception as error:
+        hint = (
+            ""
+            if trust_pickle
+            else (
+                " If the file is a trusted pickle of a whole model or a checkpoint with custom "
+                "objects, add --trust-pickle."
+            )
+        )
+        raise CLIError(
+            f"cannot read {path} as a torch checkpoint ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''}).{hint}",
+            EXIT_UNREADABLE,
+        ) from error
+    tensors = _tensors_of(obj)
+    if not tensors:
+        raise CLIError(f"{path} holds no named weight tensors", EXIT_UNREADABLE)
+    return tensors
+
+
+def _color(text: str, verdict: str, enabled: bool) -> str:
+    code = _COLORS.get(verdict)
+    return f"\033[{code}m{text}\033[0m" if enabled and code else text
+
+
+def _print_table(report: SpectralReport, out: TextIO, color: bool) -> None:
+    for line in report.format_table(width=100).splitlines():
+        verdict = next((v for v in _COLORS if line.endswith(v)), "")
+        out.write((_color(line, verdict, color) if verdict else line) + "\n")
+
+
+def _analyze_with_progress(
+    state: Mapping[str, torch.Tensor], config: AnalysisConfig, progress: bool
+) -> SpectralReport:
+    snapshot = snapshot_state_dict(state, config)
+    if not progress or len(snapshot) <= 8:
+        return analyze_snapshot(snapshot, config)
+    parts: list[SpectralReport] = []
+    chunk = 8
+    for start in range(0, len(snapshot), chunk):
+        done = min(len(snapshot), start + chunk)
+        parts.append(analyze_snapshot(snapshot[start:done], config))
+        width = 30
+        filled = width * done // len(snapshot)
+        sys.stderr.write(
+            f"\ranalysing layers [{'#' * filled}{'.' * (width - filled)}] {done}/{len(snapshot)}"
+        )
+        sys.stderr.flush()
+    sys.stderr.write("\n")
+    report = parts[0]
+    report.layers = [la for part in parts for la in part.layers]
+    report.seconds = sum(part.seconds for part in parts)
+    return report
+
+
+def _write_plots(report: SpectralReport, directory: Path) -> list[Path]:
+    from spectral_monitor.plots import plot_alpha_by_layer, plot_esd
+
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    fitted = report.fitted
+    figure = plot_alpha_by_layer([la.name for la in fitted], [la.alpha for la in fitted])
+    written.append(directory / "alpha_by_layer.png")
+    figure.savefig(written[-1], dpi=110)
+    for la in report.layers:
+        if la.evals is None:
+            continue
+        safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in la.name)
+        written.append(directory / f"esd_{safe}.png")
+        title = f"{la.name} {'x'.join(map(str, la.shape))}"
+        plot_esd(la.evals, la.fit, title).savefig(written[-1], dpi=110)
+    return written
+
+
+def _cmd_analyze(args: argparse.Namespace, out: TextIO) -> int:
+    config = AnalysisConfig.create(
+        layers=args.layers,
+        exclude=args.exclude,
+        conv2d=args.conv2d,
+        normalize=args.normalize,
+        min_evals=args.min_evals,
+        precision=args.precision,
+    )
+    state = load_weights(args.path, trust_pickle=args.trust_pickle)
+    report = _analyze_with_progress(state, config, progress=sys.stderr.isatty())
+    if not report.layers:
+        raise CLIError(
+            f"{args.path}: no analysable layer (2-D or 4-D '*.weight' tensors)"
+            + (" after --layers/--exclude" if args.layers or args.exclude else ""),
+            EXIT_EMPTY,
+        )
+    color = out.isatty() and "NO_COLOR" not in os.environ and not args.no_color
+    _print_table(report, out, color)
+    if args.csv:
+        out.write(f"wrote {report.to_csv(args.csv)}\n")
+    if args.json:
+        out.write(f"wrote {report.to_json(args.json)}\n")
+    if args.plots:
+        paths = _write_plots(report, Path(args.plots))
+        out.write(f"wrote {len(paths)} figures to {args.plots}\n")
+    return 0
+
+
+def read_history(logdir: str | Path, prefix: str = "spectral") -> dict[str, dict[str, list]]:
+    """alpha and λmax trajectories from the TensorBoard events under ``logdir``.
+
+    Returns:
+        ``{run: {"rows": [(step, layer, alpha, lambda_max), ...]}}`` where ``run`` is each
+        directory (relative to ``logdir``) that holds event files with ``{prefix}/alpha/`` tags.
+    """
+    from tensorboard.backend.event_processing.event_accumulator import (
+        SCALARS,
+        EventAccumulator,
+    )
+
+    root = Path(logdir)
+    runs: dict[str, dict[str, list]] = {}
+    directories = sorted({p.parent for p in root.rglob("events.out.tfevents.*")})
+    alpha_tag = f"{prefix}/alpha/"
+    for directory in directories:
+        acc = EventAccumulator(str(directory), size_guidance={SCALARS: 0})
+        acc.Reload()
+        tags = [t for t in acc.Tags()["scalars"] if t.startswith(alpha_tag)]
+        if not tags:
+            continue
+        rows = []
+        for tag in tags:
+            layer = tag[len(alpha_tag) :]
+            lam = (
+                {e.step: e.value for e in acc.Scalars(f"{prefix}/lambda_max/{layer}")}
+                if (f"{prefix}/lambda_max/{layer}" in acc.Tags()["scalars"])
+                else {}
+            )
+            for event in acc.Scalars(tag):
+                rows.append((event.step, layer, event.value, lam.get(event.step, math.nan)))
+        rows.sort()
+        name = str(directory.relative_to(root)) if directory != root else "."
+        runs[name] = {"rows": rows}
+    return runs
+
+
+def _cmd_history(args: argparse.Namespace, out: TextIO) -> int:
+    root = Path(args.logdir)
+    if not root.exists():
+        raise CLIError(f"no such directory: {root}", EXIT_MISSING)
+    runs = read_history(root, args.prefix)
+    if not runs:
+        raise CLIError(
+            f"no TensorBoard events with '{args.prefix}/alpha/' scalars under {root}",
+            EXIT_UNREADABLE,
+        )
+    for run, data in runs.items():
+        rows = data["rows"]
+        steps = sorted({r[0] for r in rows})
+        out.write(f"run {run}: {len(steps)} analyses, steps {steps[0]}..{steps[-1]}\n")
+        out.write(
+            f"{'layer':<32} {'first':>8} {'last':>8} {'min':>8} {'max':>8}  alpha over steps\n"
+        )
+        layers: dict[str, list[float]] = {}
+        for _, layer, alpha, _ in rows:
+            layers.setdefault(layer, []).append(alpha)
+        for layer, values in layers.items():
+            name = layer if len(layer) <= 32 else "…" + layer[-31:]
+            out.write(
+                f"{name:<32} {values[0]:>8.3f} {values[-1]:>8.3f} {min(values):>8.3f} "
+                f"{max(values):>8.3f}  {_sparkline(values)}\n"
+            )
+    if args.csv:
+        import csv
+
+        with open(args.csv, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["run", "step", "layer", "alpha", "lambda_max"])
+            for run, data in runs.items():
+                writer.writerows((run, *row) for row in data["rows"])
+        out.write(f"wrote {args.csv}\n")
+    return 0
+
+
+def _sparkline(values: Sequence[float], width: int = 24) -> str:
+    bars = "▁▂▃▄▅▆▇█"
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return ""
+    if len(values) > width:  # keep evenly spaced samples, always the last one
+        values = [values[round(i * (len(values) - 1) / (width - 1))] for i in range(width)]
+    lo, hi = min(finite), max(finite)
+    span = hi - lo or 1.0
+    return "".join(
+        bars[min(7, int((v - lo) / span * 8))] if math.isfinite(v) else " " for v in values
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="spectral-monitor",
+        description="Heavy-tailed spectral analysis (HT-SR alpha, λmax) of network weights.",
+        epilog="exit codes: 0 ok, 2 usage, 3 not found, 4 unreadable, 5 no analysable layer",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    a = sub.add_parser("analyze", help="per-layer table of a checkpoint or weights file")
+    a.add_argument("path", help=".ckpt, torch.save'd state dict or module, or .safetensors")
+    a.add_argument("--csv", help="write the table as CSV")
+    a.add_argument("--json", help="write the table and aggregates as JSON")
+    a.add_argument("--plots", metavar="DIR", help="write PNG figures (ESD per layer, alpha)")
+    a.add_argument("--conv2d", choices=["flatten", "slices"], default="flatten")
+    norm = a.add_mutually_exclusive_group()
+    norm.add_argument(
+        "--normalize",
+        dest="normalize",
+        action="store_true",
+        default=True,
+        help="divide eigenvalues by the weight's rows (default)",
+    )
+    norm.add_argument(
+        "--no-normalize",
+        dest="normalize",
+        action="store_false",
+        help="keep σ² (WeightWatcher's convention)",
+    )
+    a.add_argument("--layers", nargs="+", metavar="GLOB", help="only layers matching these")
+    a.add_argument("--exclude", nargs="+", metavar="GLOB", help="drop layers matching these")
+    a.add_argument("--min-evals", type=int, default=DEFAULT_MIN_EVALS)
+    a.add_argument("--precision", choices=["float32", "float64"], default="float32")
+    a.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow full unpickling (runs code from the file)",
+    )
+    a.add_argument("--no-color", action="store_true", help="no ANSI colours")
+    h = sub.add_parser("history", help="alpha trajectories from a run's TensorBoard events")
+    h.add_argument("logdir", help="a TensorBoard log directory (searched recursively)")
+    h.add_argument("--csv", help="write run, step, layer, alpha, lambda_max rows")
+    h.add_argument("--prefix", default="spectral", help="tag prefix used by the monitor")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    out = out or sys.stdout
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "analyze":
+            return _cmd_analyze(args, out)
+        return _cmd_history(args, out)
+    except CLIError as error:
+        sys.stderr.write(f"spectral-monitor: error: {error}\n")
+        return error.code
+    except ValueError as error:  # invalid option values, from the analysis' own checks
+        sys.stderr.write(f"spectral-monitor: error: {error}\n")
+        return 2
+
+
+def main_entry() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main_entry()
