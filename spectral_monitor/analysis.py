@@ -8,6 +8,7 @@ matrices → eigenvalues (batched by shape) → power-law fits (batched) → met
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from collections.abc import Mapping
@@ -195,9 +196,11 @@ def _check_weight(snap: LayerSnapshot, config: AnalysisConfig) -> str | None:
     if count * cols < config.min_evals:
         return f"{count * cols} eigenvalues < min_evals={config.min_evals}"
     assert snap.weight is not None
-    if not bool(torch.isfinite(snap.weight).all()):
+    # One pass: NaN propagates into both extremes, ±Inf shows in one, all-zero means both are 0.
+    lo, hi = (float(v) for v in torch.aminmax(snap.weight))
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         return "non-finite weights (NaN or Inf)"
-    if not bool(snap.weight.any()):
+    if lo == 0.0 and hi == 0.0:
         return "all-zero weights"
     return None
 

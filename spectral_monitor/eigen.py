@@ -31,8 +31,20 @@ class EigenError(RuntimeError):
     """Raised when neither the eigensolver nor the float64 SVD fallback produced eigenvalues."""
 
 
-def _gram_eigenvalues(mats: torch.Tensor) -> torch.Tensor:
-    gram = mats.mT @ mats
+def _gram_eigenvalues(mats: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+    """eigvalsh of the Gram matrices of one stack, or of several same-shape stacks whose Grams
+    are written into one buffer (only the small cols×cols matrices are copied, never the
+    weights), so that one batched solver call serves them all."""
+    if isinstance(mats, torch.Tensor):
+        return torch.linalg.eigvalsh(mats.mT @ mats)
+    first = mats[0]
+    cols = first.shape[-1]
+    total = sum(m.shape[0] for m in mats)
+    gram = torch.empty((total, cols, cols), dtype=first.dtype, device=first.device)
+    start = 0
+    for m in mats:
+        torch.matmul(m.mT, m, out=gram[start : start + m.shape[0]])
+        start += m.shape[0]
     return torch.linalg.eigvalsh(gram)
 
 
@@ -41,11 +53,14 @@ def _svd_eigenvalues(mats: torch.Tensor) -> torch.Tensor:
     return torch.flip(sv * sv, [-1]).to(mats.device)
 
 
-def eigenvalues(mats: torch.Tensor, precision: Precision = "float32") -> torch.Tensor:
+def eigenvalues(
+    mats: torch.Tensor | Sequence[torch.Tensor], precision: Precision = "float32"
+) -> torch.Tensor:
     """Eigenvalues of WᵀW for a stack of same-shape matrices.
 
     Args:
-        mats: (count, rows, cols) with rows >= cols, any float dtype (bf16/fp16 are upcast).
+        mats: (count, rows, cols) with rows >= cols, any float dtype (bf16/fp16 are upcast); or
+            a sequence of such stacks of one shape, solved together as if concatenated.
         precision: compute dtype, ``"float32"`` (fast) or ``"float64"``.
 
     Returns:
@@ -57,12 +72,14 @@ def eigenvalues(mats: torch.Tensor, precision: Precision = "float32") -> torch.T
             the CPU that it falls back to.
     """
     dtype = _DTYPES[precision]
-    work = mats.detach().to(dtype)
+    stacks = [mats] if isinstance(mats, torch.Tensor) else list(mats)
+    work_list = [m.detach().to(dtype) for m in stacks]
+    work: torch.Tensor | list[torch.Tensor] = work_list[0] if len(work_list) == 1 else work_list
     try:
         evals = _gram_eigenvalues(work)
     except RuntimeError as first_error:  # torch.linalg.LinAlgError is a RuntimeError
         try:
-            evals = _svd_eigenvalues(work)
+            evals = torch.cat([_svd_eigenvalues(m) for m in work_list])
         except RuntimeError as second_error:
             raise EigenError(
                 f"eigensolver failed ({first_error}); float64 SVD fallback failed ({second_error})"
@@ -70,7 +87,7 @@ def eigenvalues(mats: torch.Tensor, precision: Precision = "float32") -> torch.T
         dtype = torch.float64
     evals = evals.to(torch.float64)
     top = evals[..., -1:].clamp(min=0.0)
-    tolerance = top * (mats.shape[-1] * torch.finfo(dtype).eps)
+    tolerance = top * (stacks[0].shape[-1] * torch.finfo(dtype).eps)
     return torch.where(evals > tolerance, evals, torch.zeros_like(evals))
 
 
@@ -94,8 +111,7 @@ def batched_eigenvalues(
     out: list[torch.Tensor | EigenError] = [EigenError("not computed")] * len(stacks)
     for members in groups.values():
         try:
-            joined = torch.cat([stacks[k] for k in members]) if len(members) > 1 else None
-            evals = eigenvalues(joined if joined is not None else stacks[members[0]], precision)
+            evals = eigenvalues([stacks[k] for k in members], precision)
         except EigenError:
             for k in members:
                 try:

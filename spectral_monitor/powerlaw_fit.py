@@ -30,6 +30,11 @@ __all__ = ["PowerLawFit", "fit_power_law", "fit_power_law_batched"]
 # GPU a large tile (128 MiB) keeps the kernels busy.
 _TILE_ELEMENTS_CPU = 1 << 16
 _TILE_ELEMENTS_GPU = 1 << 24
+# Candidate pruning for one spectrum: lower bounds from this many + 1 points per tail, the exact D
+# of this many best-bounded candidates as the upper bound, and a margin for an ulp of exp.
+_PROBE_POINTS = 32
+_PROBES = 4
+_PRUNE_MARGIN = 1e-12
 
 
 @dataclass(frozen=True)
@@ -96,7 +101,7 @@ def _prepare(values: Any) -> tuple[torch.Tensor, str | None]:
 
 
 def _fit_padded(
-    x: torch.Tensor, lengths: torch.Tensor
+    x: torch.Tensor, lengths: torch.Tensor, prune: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Fit every row of a padded batch.
 
@@ -104,6 +109,8 @@ def _fit_padded(
         x: (B, n) float64, each row sorted ascending and positive in its first ``lengths[b]``
             entries; entries past that are padding, equal to the row's largest value.
         lengths: (B,) int64, number of valid entries per row, each with >= 2 distinct values.
+        prune: for a single row, compute exact distances only for candidates that can win (see
+            :func:`_pruned_distances`); a batch always uses the full tile.
 
     Returns:
         alpha, xmin, D, sigma (each (B,) float64) and n_tail ((B,) int64), on ``x``'s device.
@@ -140,6 +147,36 @@ def _fit_padded(
     offset = idx.unsqueeze(0) * inv_tail  # i / n_tail_i
     first_f = first.to(torch.float64)
 
+    terms = (logs, slope, first_f, inv_tail, offset)
+    if batch == 1 and prune:
+        D = _pruned_distances(*(t[0] for t in terms), candidate[0]).unsqueeze(0)
+    else:
+        D = _all_distances(*terms)
+    # A NaN distance must never win the argmin (torch.argmin takes NaN as the smallest).
+    D = torch.where(candidate & ~torch.isnan(D), D, torch.full_like(D, math.inf))
+
+    best = torch.argmin(D, dim=1, keepdim=True)  # first minimum on ties
+    alpha_b = alpha.gather(1, best).squeeze(1)
+    n_tail_b = n_tail.gather(1, best).squeeze(1)
+    sigma_b = (alpha_b - 1.0) / torch.sqrt(n_tail_b.to(torch.float64))
+    return alpha_b, x.gather(1, best).squeeze(1), D.gather(1, best).squeeze(1), sigma_b, n_tail_b
+
+
+def _all_distances(
+    logs: torch.Tensor,
+    slope: torch.Tensor,
+    first_f: torch.Tensor,
+    inv_tail: torch.Tensor,
+    offset: torch.Tensor,
+) -> torch.Tensor:
+    """KS distance of every position as xmin, (B, n), by one chunked (B, chunk, n) tile.
+
+    ``E - T = (first_j - i) / n_tail_i - 1 + exp((1 - alpha_i) (L_j - L_i))`` for j >= i, with
+    ``L = ln(x / x_0)``; the inputs are those terms, each (B, n).
+    """
+    batch, n = logs.shape
+    device = logs.device
+    idx = torch.arange(n, device=device)
     D = torch.empty((batch, n), dtype=torch.float64, device=device)
     budget = _TILE_ELEMENTS_CPU if device.type == "cpu" else _TILE_ELEMENTS_GPU
     chunk = max(1, min(n, budget // max(1, batch * n)))
@@ -158,14 +195,72 @@ def _fit_padded(
         t.sub_((offset[:, i0:i1] + 1.0).unsqueeze(2)).abs_()
         t.masked_fill_(below[:rows, :cols], 0.0)
         torch.amax(t, dim=2, out=D[:, i0:i1])
-    # A NaN distance must never win the argmin (torch.argmin takes NaN as the smallest).
-    D = torch.where(candidate & ~torch.isnan(D), D, torch.full_like(D, math.inf))
+    return D
 
-    best = torch.argmin(D, dim=1, keepdim=True)  # first minimum on ties
-    alpha_b = alpha.gather(1, best).squeeze(1)
-    n_tail_b = n_tail.gather(1, best).squeeze(1)
-    sigma_b = (alpha_b - 1.0) / torch.sqrt(n_tail_b.to(torch.float64))
-    return alpha_b, x.gather(1, best).squeeze(1), D.gather(1, best).squeeze(1), sigma_b, n_tail_b
+
+def _gaps_at(
+    terms: tuple[torch.Tensor, ...], rows: torch.Tensor, cols: torch.Tensor
+) -> torch.Tensor:
+    """max over ``cols`` of |E - T| for each candidate in ``rows`` (one spectrum).
+
+    Args:
+        terms: (logs, slope, first_f, inv_tail, offset), each (n,).
+        rows: (k,) candidate positions.
+        cols: (k, c) positions per candidate, or (c,) shared; those below the row are ignored.
+    """
+    logs, slope, first_f, inv_tail, offset = terms
+    if cols.dim() == 1:
+        cols = cols.unsqueeze(0).expand(rows.numel(), -1)
+    t = logs[cols] - logs[rows].unsqueeze(1)
+    t.mul_(slope[rows].unsqueeze(1)).exp_()
+    t.addcmul_(first_f[cols], inv_tail[rows].unsqueeze(1))
+    t.sub_((offset[rows] + 1.0).unsqueeze(1)).abs_()
+    t.masked_fill_(cols < rows.unsqueeze(1), 0.0)
+    return t.amax(dim=1)
+
+
+def _pruned_distances(
+    logs: torch.Tensor,
+    slope: torch.Tensor,
+    first_f: torch.Tensor,
+    inv_tail: torch.Tensor,
+    offset: torch.Tensor,
+    candidate: torch.Tensor,
+) -> torch.Tensor:
+    """KS distances of one spectrum, (n,), exact for every candidate that can win and +inf for
+    the others, which are ruled out by exact lower bounds.
+
+    A candidate's |E - T| at any subset of its tail is a lower bound of its D. The bound at
+    ``_PROBE_POINTS + 1`` points spread over each tail is cheap; the exact D of the few
+    candidates with the lowest bounds is an upper bound of the minimum; only candidates whose
+    bound does not exceed it (plus a margin for an ulp of vectorised ``exp``) can win, and only
+    those get their exact D. The argmin over the result is that of the full computation.
+    """
+    terms = (logs, slope, first_f, inv_tail, offset)
+    n = logs.numel()
+    idx = torch.arange(n, device=logs.device)
+    cand = torch.nonzero(candidate).squeeze(1)
+    n_tail = torch.round(1.0 / inv_tail[cand])  # (padding past the row's end is not counted)
+    frac = torch.linspace(0.0, 1.0, _PROBE_POINTS + 1, dtype=torch.float64, device=logs.device)
+    grid = cand.unsqueeze(1) + ((n_tail - 1).unsqueeze(1) * frac).long()
+    lower = _gaps_at(terms, cand, grid)
+
+    def exact(rows: torch.Tensor) -> torch.Tensor:
+        out = torch.empty(rows.numel(), dtype=torch.float64, device=logs.device)
+        step = max(1, _TILE_ELEMENTS_CPU // n)
+        for r0 in range(0, rows.numel(), step):
+            out[r0 : r0 + step] = _gaps_at(terms, rows[r0 : r0 + step], idx)
+        return out
+
+    probes = torch.topk(lower, min(_PROBES, cand.numel()), largest=False).indices
+    bound = exact(cand[probes]).min()
+    if torch.isfinite(bound):
+        keep = torch.nonzero(lower <= bound + _PRUNE_MARGIN).squeeze(1)
+    else:  # nothing to prune against: compute every candidate
+        keep = torch.arange(cand.numel(), device=logs.device)
+    D = torch.full((n,), math.inf, dtype=torch.float64, device=logs.device)
+    D[cand[keep]] = exact(cand[keep])
+    return D
 
 
 def fit_power_law_batched(

@@ -1,0 +1,403 @@
+"""Benchmark: ``spectral_monitor.analyze()`` against WeightWatcher 0.7.7 and the bare eigensolver.
+
+For three models built in code (fixed seeds) — (a) a VGG-11-style CNN for 32x32 inputs, (b) an MLP
+of four 1024x1024 Linear layers, (c) twelve Linear layers alternating 768x3072 / 3072x768 — and for
+each thread setting (one thread, then the default), it measures in the same run, interleaved, the
+best of ``--repeat`` wall times of:
+
+- ``WeightWatcher(model=m).analyze()`` (its logging and prints silenced);
+- ``analyze(m, conv2d="slices", normalize=False)`` — WeightWatcher's convention ("ours slices");
+- ``analyze(m)`` — our default (``conv2d="flatten"``, ``normalize=True``);
+- the *floor*: float32 Gram ``WᵀW`` + ``torch.linalg.eigvalsh`` on exactly the matrices
+  ``analyze()`` builds (``spectral_monitor.layers.weight_matrices``), one call per layer, in each
+  of the two conv2d modes. ``analyze()/floor`` is the cost of everything that is not the solver.
+
+It also prints the largest relative alpha difference ``|Δalpha| / alpha_WW`` between the slices
+mode and WeightWatcher over the layers with at least 20 eigenvalues (WeightWatcher switches to a
+different estimator below 20), and ends with a Markdown table for README.md.
+
+The torch thread count and, through threadpoolctl when installed, the OpenMP/BLAS pools (SciPy's
+OpenBLAS, which WeightWatcher's SVD uses) are set to the same value for both tools.
+
+Run (a full run takes about 1.5 minutes on an idle 2-core machine, longer under load)::
+
+    python benchmarks/analyze_vs_weightwatcher.py                 # 1 thread, then the default
+    python benchmarks/analyze_vs_weightwatcher.py --threads 1 --repeat 5
+    python benchmarks/analyze_vs_weightwatcher.py --quick         # small models: a smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import logging
+import math
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import torch
+from torch import nn
+
+from spectral_monitor import analyze
+from spectral_monitor.layers import select_layers, weight_matrices
+
+try:
+    from threadpoolctl import threadpool_limits
+except ImportError:  # pragma: no cover - threadpoolctl is optional
+    threadpool_limits = None
+
+#: Layers with fewer eigenvalues are left out of the alpha comparison (WeightWatcher's fitter
+#: switches to a small-sample estimator below 20 points).
+MIN_EVALS_COMPARED = 20
+
+
+def import_weightwatcher() -> ModuleType:
+    """Import weightwatcher without its import-time warnings, and silence its logger.
+
+    weightwatcher calls ``logging.basicConfig(level=INFO)`` on import; the root level is restored.
+    """
+    root_level = logging.getLogger().level
+    with (
+        warnings.catch_warnings(),
+        contextlib.redirect_stdout(io.StringIO()),
+        contextlib.redirect_stderr(io.StringIO()),
+    ):
+        warnings.simplefilter("ignore")
+        import weightwatcher as ww
+    logging.getLogger().setLevel(root_level)
+    logging.getLogger("weightwatcher").setLevel(logging.CRITICAL)
+    return ww
+
+
+# --------------------------------------------------------------------------------------- models
+
+
+def vgg11(width: int = 64, seed: int = 0) -> nn.Module:
+    """VGG-11 for 32x32x3 inputs: 8 3x3 convolutions with max-pools, then 3 Linear layers."""
+    torch.manual_seed(seed)
+    plan: list[int | str] = [1, "M", 2, "M", 4, 4, "M", 8, 8, "M", 8, 8, "M"]
+    layers: list[nn.Module] = []
+    channels = 3
+    for item in plan:
+        if item == "M":
+            layers.append(nn.MaxPool2d(2))
+        else:
+            out = int(item) * width
+            layers += [nn.Conv2d(channels, out, 3, padding=1), nn.ReLU()]
+            channels = out
+    hidden = 8 * width
+    classifier = nn.Sequential(
+        nn.Linear(channels, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, 10),
+    )
+    return nn.Sequential(nn.Sequential(*layers), nn.Flatten(), classifier)
+
+
+def mlp(width: int = 1024, depth: int = 4, seed: int = 0) -> nn.Module:
+    """``depth`` square Linear layers of size ``width``."""
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    for _ in range(depth):
+        layers += [nn.Linear(width, width), nn.ReLU()]
+    return nn.Sequential(*layers)
+
+
+def transformer_mlps(d_model: int = 768, depth: int = 12, seed: int = 0) -> nn.Module:
+    """``depth`` Linear layers alternating d→4d and 4d→d (the MLP blocks of a BERT-base-sized
+    transformer): weights 3072x768 and 768x3072 for d = 768."""
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    for k in range(depth):
+        fan_in, fan_out = (d_model, 4 * d_model) if k % 2 == 0 else (4 * d_model, d_model)
+        layers += [nn.Linear(fan_in, fan_out), nn.GELU()]
+    return nn.Sequential(*layers)
+
+
+def build_models(quick: bool) -> dict[str, nn.Module]:
+    """The three benchmark models (smaller versions with ``quick``)."""
+    if quick:
+        return {
+            "(a) VGG-11 w/16": vgg11(width=16),
+            "(b) MLP 4x256": mlp(width=256),
+            "(c) 4x 192x768": transformer_mlps(d_model=192, depth=4),
+        }
+    return {
+        "(a) VGG-11": vgg11(),
+        "(b) MLP 4x1024": mlp(),
+        "(c) 12x 768x3072": transformer_mlps(),
+    }
+
+
+# -------------------------------------------------------------------------------------- threads
+
+
+@contextlib.contextmanager
+def thread_setting(threads: int | None) -> Iterator[str]:
+    """Set torch's and (via threadpoolctl) the OpenMP/BLAS thread counts; None keeps defaults.
+
+    Yields a label for the table, e.g. ``"1"`` or ``"default (2)"``.
+    """
+    default = torch.get_num_threads()
+    if threads is None:
+        yield f"default ({default})"
+        return
+    torch.set_num_threads(threads)
+    limiter = threadpool_limits(limits=threads) if threadpool_limits else contextlib.nullcontext()
+    try:
+        with limiter:
+            yield str(threads)
+    finally:
+        torch.set_num_threads(default)
+
+
+def parse_threads(values: list[str]) -> list[int | None]:
+    """``["1", "default"]`` -> ``[1, None]``."""
+    out: list[int | None] = []
+    for value in values:
+        out.append(None if value == "default" else int(value))
+    return out
+
+
+# ---------------------------------------------------------------------------------------- tools
+
+
+def run_weightwatcher(ww: ModuleType, model: nn.Module) -> Any:
+    """``WeightWatcher(model=m).analyze()`` with its prints and warnings swallowed."""
+    with (
+        warnings.catch_warnings(),
+        contextlib.redirect_stdout(io.StringIO()),
+        contextlib.redirect_stderr(io.StringIO()),
+    ):
+        warnings.simplefilter("ignore")
+        return ww.WeightWatcher(model=model).analyze()
+
+
+def run_ours_slices(model: nn.Module) -> Any:
+    """Our analysis in WeightWatcher's convention."""
+    return analyze(model, conv2d="slices", normalize=False)
+
+
+def run_ours_default(model: nn.Module) -> Any:
+    """Our analysis with default arguments."""
+    return analyze(model)
+
+
+def layer_stacks(model: nn.Module, conv2d: str) -> list[torch.Tensor]:
+    """The float32 (count, rows, cols) matrices ``analyze()`` builds, one stack per layer."""
+    with torch.no_grad():
+        return [
+            weight_matrices(module.weight.detach().float(), conv2d)  # type: ignore[arg-type]
+            for _, module in select_layers(model)
+        ]
+
+
+def run_floor(stacks: list[torch.Tensor]) -> None:
+    """The bare eigensolver: float32 Gram matrix and ``eigvalsh``, one call per layer."""
+    with torch.no_grad():
+        for mats in stacks:
+            torch.linalg.eigvalsh(mats.mT @ mats)
+
+
+def best_times(
+    tasks: dict[str, Callable[[], object]], repeat: int
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Min wall time of each task over ``repeat`` rounds, and each task's last result.
+
+    Tasks are interleaved in each round, and the order rotates from round to round so that slow
+    phases of the machine hit every task.
+    """
+    names = list(tasks)
+    best = dict.fromkeys(names, math.inf)
+    results: dict[str, Any] = {}
+    for r in range(repeat):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            start = time.perf_counter()
+            results[name] = tasks[name]()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best, results
+
+
+# ------------------------------------------------------------------------------------ comparison
+
+
+def max_relative_alpha_difference(ww_frame: Any, report: Any) -> tuple[float, int]:
+    """max |alpha - alpha_WW| / alpha_WW over layers with >= MIN_EVALS_COMPARED eigenvalues.
+
+    Layers are matched by module name (WeightWatcher's ``longname``). Returns the maximum and the
+    number of layers compared.
+    """
+    ours = {layer.name: layer for layer in report.layers}
+    worst, compared = 0.0, 0
+    for _, row in ww_frame.iterrows():
+        layer = ours.get(str(row["longname"]))
+        if layer is None or int(row["num_evals"]) < MIN_EVALS_COMPARED:
+            continue
+        if layer.num_evals != int(row["num_evals"]):
+            raise AssertionError(
+                f"{layer.name}: {layer.num_evals} eigenvalues, WeightWatcher {row['num_evals']}"
+            )
+        worst = max(worst, abs(layer.alpha - float(row["alpha"])) / abs(float(row["alpha"])))
+        compared += 1
+    return worst, compared
+
+
+@dataclass
+class Row:
+    """One line of the results table."""
+
+    model: str
+    threads: str
+    layers: int
+    ww: float
+    ours_slices: float
+    ours_default: float
+    floor_slices: float
+    floor_default: float
+    dalpha: float
+    compared: int
+
+    @property
+    def speedup(self) -> float:
+        return self.ww / self.ours_slices
+
+    @property
+    def over_floor_slices(self) -> float:
+        return self.ours_slices / self.floor_slices
+
+    @property
+    def over_floor_default(self) -> float:
+        return self.ours_default / self.floor_default
+
+
+HEADER = (
+    "model",
+    "threads",
+    "WW s",
+    "ours slices s",
+    "WW/ours",
+    "max rel dalpha",
+    "floor slices s",
+    "ours/floor",
+    "ours default s",
+    "floor default s",
+    "ours/floor (default)",
+)
+
+
+def cells(row: Row) -> list[str]:
+    """Formatted cells of a row, in HEADER order."""
+    return [
+        row.model,
+        row.threads,
+        f"{row.ww:.3f}",
+        f"{row.ours_slices:.3f}",
+        f"{row.speedup:.1f}x",
+        f"{row.dalpha:.1e} ({row.compared})",
+        f"{row.floor_slices:.3f}",
+        f"{row.over_floor_slices:.2f}",
+        f"{row.ours_default:.3f}",
+        f"{row.floor_default:.3f}",
+        f"{row.over_floor_default:.2f}",
+    ]
+
+
+def markdown_table(rows: list[Row]) -> str:
+    """The results as a GitHub Markdown table."""
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "|".join("---" for _ in HEADER) + "|"]
+    lines += ["| " + " | ".join(cells(row)) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def benchmark_model(ww: ModuleType, name: str, model: nn.Module, threads: str, repeat: int) -> Row:
+    """Time the tools on one model under the current thread setting and compare alphas."""
+    model.eval()
+    stacks_slices = layer_stacks(model, "slices")
+    stacks_default = layer_stacks(model, "flatten")
+    # Warm-up of our code paths (first torch calls allocate); WeightWatcher's first call is
+    # timed like the others, as the best of the rounds is kept anyway.
+    run_ours_slices(model)
+    run_floor(stacks_slices)
+    times, results = best_times(
+        {
+            "ww": lambda: run_weightwatcher(ww, model),
+            "ours_slices": lambda: run_ours_slices(model),
+            "ours_default": lambda: run_ours_default(model),
+            "floor_slices": lambda: run_floor(stacks_slices),
+            "floor_default": lambda: run_floor(stacks_default),
+        },
+        repeat,
+    )
+    report = results["ours_slices"]
+    dalpha, compared = max_relative_alpha_difference(results["ww"], report)
+    return Row(
+        model=name,
+        threads=threads,
+        layers=len(report.layers),
+        ww=times["ww"],
+        ours_slices=times["ours_slices"],
+        ours_default=times["ours_default"],
+        floor_slices=times["floor_slices"],
+        floor_default=times["floor_default"],
+        dalpha=dalpha,
+        compared=compared,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--threads",
+        nargs="+",
+        default=["1", "default"],
+        help='thread settings to run, integers or "default" (default: 1 default)',
+    )
+    parser.add_argument("--repeat", type=int, default=3, help="timed rounds; the best is kept")
+    parser.add_argument("--quick", action="store_true", help="small models (smoke test)")
+    args = parser.parse_args(argv)
+    if args.repeat < 1:
+        parser.error("--repeat must be >= 1")
+    try:
+        settings = parse_threads(args.threads)
+    except ValueError:
+        parser.error('--threads takes integers or "default"')
+
+    ww = import_weightwatcher()
+    models = build_models(args.quick)
+    print(
+        f"torch {torch.__version__}, weightwatcher {getattr(ww, '__version__', '?')}, "
+        f"default torch threads {torch.get_num_threads()}, "
+        f"threadpoolctl {'yes' if threadpool_limits else 'no (torch threads only)'}, "
+        f"best of {args.repeat}"
+    )
+    rows: list[Row] = []
+    start = time.perf_counter()
+    for setting in settings:
+        with thread_setting(setting) as label:
+            for name, model in models.items():
+                row = benchmark_model(ww, name, model, label, args.repeat)
+                rows.append(row)
+                print(
+                    f"{name:>18} threads={label:<11} WW {row.ww:7.3f} s | ours slices "
+                    f"{row.ours_slices:6.3f} s ({row.speedup:4.1f}x faster) | floor "
+                    f"{row.floor_slices:6.3f} s (ours/floor {row.over_floor_slices:4.2f}) | "
+                    f"ours default {row.ours_default:6.3f} s (/floor {row.over_floor_default:4.2f})"
+                    f" | max rel dalpha {row.dalpha:.1e} over {row.compared} layers",
+                    flush=True,
+                )
+    print(f"\ntotal {time.perf_counter() - start:.0f} s\n")
+    print(markdown_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
