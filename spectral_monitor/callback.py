@@ -20,7 +20,7 @@ from typing_extensions import override
 
 from spectral_monitor.analysis import DEFAULT_MIN_EVALS
 from spectral_monitor.history import SpectralHistory
-from spectral_monitor.layers import LayerFilter
+from spectral_monitor.layers import LayerFilter, select_layers
 from spectral_monitor.report import SpectralReport
 from spectral_monitor.tensorboard import write_layout, write_report_extras
 from spectral_monitor.tracker import SpectralTracker
@@ -164,6 +164,15 @@ class SpectralMonitor(Callback):
                 "monitor.history and trainer.callback_metrics only.",
             )
         self.stopped_step = None
+        config = self.tracker.config
+        if not select_layers(pl_module, config.layers, config.exclude):
+            self._warn_once(
+                "no-layers",
+                f"SpectralMonitor: {type(pl_module).__name__} has no Linear/Conv2d layer to "
+                "analyse"
+                + (" after the layers/exclude filters" if config.layers or config.exclude else "")
+                + "; the reports will be empty.",
+            )
         step = _logging_step(trainer, after_batch=False)
         steps = self.history.steps
         if steps and step < steps[-1]:

@@ -95,12 +95,16 @@ def select_layers(
         exclude: drop modules matching any of these patterns or types (applied after ``layers``).
 
     Returns:
-        ``(name, module)`` pairs; the root module, if it is itself a layer, is named ``"root"``.
+        ``(name, module)`` pairs; the root module, if it is itself a layer, is named ``"root"``;
+        ``torch.compile``'s ``_orig_mod`` wrapper does not appear in names.
     """
     selected = []
     for name, module in model.named_modules():
         if layer_kind(module) is None:
             continue
+        # torch.compile wraps a module as `_orig_mod`; the user's names are those without it.
+        name = name.replace("_orig_mod.", "").replace("._orig_mod", "")
+        name = "" if name == "_orig_mod" else name
         name = name or "root"
         if layers is not None and not _matches(name, module, layers):
             continue
