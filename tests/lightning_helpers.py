@@ -125,3 +125,16 @@ def read_events(log_dir: str | Path) -> EventAccumulator:
 
 def scalar_steps(acc: EventAccumulator, tag: str) -> list[int]:
     return [e.step for e in acc.Scalars(tag)]
+
+
+def assert_analysed_steps(monitor: Any, expected: list[int]) -> None:
+    """The monitor analysed exactly ``expected``, except for analyses skipped by back-pressure
+    (a worker thread slower than training may skip some; each skip is counted)."""
+    tracker = getattr(monitor, "tracker", monitor)
+    steps = tracker.history.steps
+    assert steps == sorted(set(steps)), f"duplicate or unordered steps {steps}"
+    assert set(steps) <= set(expected), f"{steps} not within {expected}"
+    assert steps[0] == expected[0], f"the first analysis is missing: {steps}"
+    assert len(steps) + tracker.num_skipped == len(expected), (steps, tracker.num_skipped)
+    if tracker.mode == "sync":
+        assert steps == expected

@@ -17,6 +17,7 @@ from lightning_helpers import (
     ConvNet,
     RandomLabelMLP,
     WeightRecorder,
+    assert_analysed_steps,
     image_loader,
     random_label_loader,
     read_events,
@@ -47,7 +48,9 @@ def test_sixty_steps_log_every_layer_at_the_right_steps(tmp_path, mode) -> None:
     )
     run.fit(ConvNet(), image_loader())
     expected_steps = list(range(0, 61, 10))
-    assert monitor.history.steps == expected_steps
+    assert_analysed_steps(monitor, expected_steps)
+    expected_steps = monitor.history.steps  # thread mode may have skipped one under load
+    assert len(expected_steps) >= 6
     assert not monitor_threads()
 
     events = read_events(tmp_path / "run")
@@ -56,7 +59,8 @@ def test_sixty_steps_log_every_layer_at_the_right_steps(tmp_path, mode) -> None:
         assert scalar_steps(events, f"spectral/alpha/{layer}") == expected_steps
         assert scalar_steps(events, f"spectral/lambda_max/{layer}") == expected_steps
         assert len(events.Histograms(f"spectral/esd_log10/{layer}")) == len(expected_steps)
-        assert len(events.Images(f"spectral/esd_fit/{layer}")) == 3  # analyses 0, 3, 6
+        # analyses 0, 3, 6 (by count of analyses done)
+        assert len(events.Images(f"spectral/esd_fit/{layer}")) == (len(expected_steps) + 2) // 3
     for key in ("alpha_mean", "alpha_hat", "alpha_min", "frac_alpha_below_2", "analysis_seconds"):
         assert scalar_steps(events, f"spectral/{key}") == expected_steps
     assert "custom_scalars__config__" in tags["tensors"]
@@ -75,7 +79,7 @@ def test_sixty_steps_log_every_layer_at_the_right_steps(tmp_path, mode) -> None:
         means = {e.step: e.value for e in events.Scalars("spectral/alpha_mean")}
         assert means[step] == pytest.approx(report.alpha_mean, rel=1e-5)
     hist = events.Histograms("spectral/esd_log10/net.5")[-1]
-    report = analyze(recorder.models[60], min_evals=5)
+    report = analyze(recorder.models[expected_steps[-1]], min_evals=5)
     assert hist.histogram_value.num == report.layer("net.5").num_evals
     assert hist.histogram_value.max == pytest.approx(np.log10(report.layer("net.5").lambda_max))
     assert float(run.callback_metrics["spectral/alpha_mean"]) == pytest.approx(
@@ -84,7 +88,7 @@ def test_sixty_steps_log_every_layer_at_the_right_steps(tmp_path, mode) -> None:
 
 
 def test_gradient_accumulation_counts_optimizer_steps(tmp_path) -> None:
-    monitor = SpectralMonitor(every_n_steps=5, min_evals=5)
+    monitor = SpectralMonitor(every_n_steps=5, min_evals=5, mode="sync")
     run = trainer(max_steps=20, accumulate_grad_batches=2, callbacks=[monitor])
     run.fit(ConvNet(), image_loader())
     assert run.global_step == 20
@@ -135,10 +139,11 @@ def test_run_above_threshold_is_not_stopped() -> None:
     assert min(monitor.history.aggregates["alpha_mean"]) > 2.0
 
 
-def test_resume_from_checkpoint_continues_history_without_duplicates(tmp_path) -> None:
+@pytest.mark.parametrize("mode", ["sync", "thread"])
+def test_resume_from_checkpoint_continues_history_without_duplicates(tmp_path, mode) -> None:
     torch.manual_seed(0)
     ckpt_dir = tmp_path / "ckpt"
-    first = SpectralMonitor(every_n_steps=10, min_evals=5)
+    first = SpectralMonitor(every_n_steps=10, min_evals=5, mode=mode)
     run = trainer(
         max_steps=30,
         callbacks=[first, ModelCheckpoint(dirpath=ckpt_dir, save_last=True)],
@@ -146,23 +151,27 @@ def test_resume_from_checkpoint_continues_history_without_duplicates(tmp_path) -
         logger=TensorBoardLogger(tmp_path, name="run", version=0),
     )
     run.fit(ConvNet(), image_loader())
-    assert first.history.steps == [0, 10, 20, 30]
+    assert_analysed_steps(first, [0, 10, 20, 30])
 
-    second = SpectralMonitor(every_n_steps=10, min_evals=5)
+    second = SpectralMonitor(every_n_steps=10, min_evals=5, mode=mode)
     resumed = trainer(
         max_steps=60,
         callbacks=[second],
         logger=TensorBoardLogger(tmp_path, name="run", version=0),
     )
     resumed.fit(ConvNet(), image_loader(), ckpt_path=str(ckpt_dir / "last.ckpt"))
-    assert second.history.steps == [0, 10, 20, 30, 40, 50, 60]
-    assert second.history.layers["net.5"]["alpha"][:4] == first.history.layers["net.5"]["alpha"]
+    assert_analysed_steps(second, [0, 10, 20, 30, 40, 50, 60])
+    before = len(first.history)
+    assert second.history.steps[:before] == first.history.steps
+    assert (
+        second.history.layers["net.5"]["alpha"][:before] == first.history.layers["net.5"]["alpha"]
+    )
     events = read_events(tmp_path / "run" / "version_0")
-    assert scalar_steps(events, "spectral/alpha_mean") == [0, 10, 20, 30, 40, 50, 60]
+    assert scalar_steps(events, "spectral/alpha_mean") == second.history.steps
 
 
 def test_no_logger_warns_once_and_still_works() -> None:
-    monitor = SpectralMonitor(every_n_steps=5, min_evals=5)
+    monitor = SpectralMonitor(every_n_steps=5, min_evals=5, mode="sync")
     with pytest.warns(UserWarning, match="no logger") as record:
         trainer(max_steps=10, callbacks=[monitor]).fit(ConvNet(), image_loader())
     assert sum("no logger" in str(w.message) for w in record) == 1
@@ -170,7 +179,7 @@ def test_no_logger_warns_once_and_still_works() -> None:
 
 
 def test_csv_logger_and_two_loggers_at_once(tmp_path) -> None:
-    monitor = SpectralMonitor(every_n_steps=5, min_evals=5)
+    monitor = SpectralMonitor(every_n_steps=5, min_evals=5, mode="sync")
     loggers = [TensorBoardLogger(tmp_path, name="tb"), CSVLogger(tmp_path, name="csv")]
     trainer(max_steps=10, callbacks=[monitor], logger=loggers).fit(ConvNet(), image_loader())
     with open(loggers[1].log_dir + "/metrics.csv") as handle:
@@ -182,8 +191,10 @@ def test_csv_logger_and_two_loggers_at_once(tmp_path) -> None:
 
 
 def test_two_monitors_on_one_trainer_keep_separate_state(tmp_path) -> None:
-    a = SpectralMonitor(every_n_steps=5, min_evals=5)
-    b = SpectralMonitor(every_n_steps=5, min_evals=5, conv2d="slices", prefix="spectral_ww")
+    a = SpectralMonitor(every_n_steps=5, min_evals=5, mode="sync")
+    b = SpectralMonitor(
+        every_n_steps=5, min_evals=5, conv2d="slices", prefix="spectral_ww", mode="sync"
+    )
     assert a.state_key != b.state_key
     run = trainer(max_steps=10, callbacks=[a, b], logger=TensorBoardLogger(tmp_path, name="tb"))
     run.fit(ConvNet(), image_loader())
@@ -232,7 +243,7 @@ class ExplodingLogger(CSVLogger):
 
 
 def test_exception_in_a_logger_does_not_stop_training(tmp_path) -> None:
-    monitor = SpectralMonitor(every_n_steps=5, min_evals=5)
+    monitor = SpectralMonitor(every_n_steps=5, min_evals=5, mode="sync")
     run = trainer(max_steps=10, callbacks=[monitor], logger=ExplodingLogger(tmp_path))
     with pytest.warns(UserWarning, match="logger failed"):
         run.fit(ConvNet(), image_loader())
@@ -279,7 +290,7 @@ def test_keyboard_interrupt_joins_worker() -> None:
 
 
 def test_fit_twice_with_the_same_callback() -> None:
-    monitor = SpectralMonitor(every_n_steps=5, min_evals=5)
+    monitor = SpectralMonitor(every_n_steps=5, min_evals=5, mode="sync")
     model = ConvNet()
     trainer(max_steps=10, callbacks=[monitor]).fit(model, image_loader())
     first_end = monitor.history.alpha("net.5")[1][-1]
@@ -332,7 +343,7 @@ def test_snapshot_budget_skips_layers_with_reason() -> None:
 
 
 def test_history_rows_and_csv(tmp_path) -> None:
-    monitor = SpectralMonitor(every_n_steps=5, min_evals=5)
+    monitor = SpectralMonitor(every_n_steps=5, min_evals=5, mode="sync")
     trainer(max_steps=10, callbacks=[monitor]).fit(ConvNet(), image_loader())
     rows = monitor.history.to_rows()
     assert len(rows) == 3 * 4 and {r["step"] for r in rows} == {0, 5, 10}
@@ -364,7 +375,7 @@ def test_validation_loop_and_fast_dev_run() -> None:
         def validation_step(self, batch, batch_idx):
             self.log("val_loss", torch.nn.functional.cross_entropy(self.net(batch[0]), batch[1]))
 
-    monitor = SpectralMonitor(every_n_steps=4, min_evals=5)
+    monitor = SpectralMonitor(every_n_steps=4, min_evals=5, mode="sync")
     run = trainer(max_steps=12, val_check_interval=5, limit_val_batches=2, callbacks=[monitor])
     run.fit(WithVal(), image_loader(), image_loader(n=32))
     assert monitor.history.steps == [0, 4, 8, 12]

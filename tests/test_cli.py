@@ -29,7 +29,7 @@ def run_cli(*argv: str) -> tuple[int, str]:
 def trained_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("run")
     model = ConvNet()
-    monitor = SpectralMonitor(every_n_steps=5, min_evals=5)
+    monitor = SpectralMonitor(every_n_steps=5, min_evals=5, mode="sync")
     run = trainer(
         max_steps=10,
         callbacks=[monitor, ModelCheckpoint(dirpath=root / "ckpt", save_last=True)],

@@ -55,7 +55,7 @@ class StrangeNet(ConvNet):
 
 
 def test_strange_layers_are_skipped_with_reasons_during_training() -> None:
-    monitor = SpectralMonitor(every_n_steps=5, min_evals=5)
+    monitor = SpectralMonitor(every_n_steps=5, min_evals=5, mode="sync")
     trainer(max_steps=12, callbacks=[monitor]).fit(StrangeNet(poison_at=7), image_loader())
     first, last = monitor.history.layers, monitor.latest
     assert last is not None
@@ -95,7 +95,7 @@ def test_model_without_layers_warns_once_and_trains() -> None:
 
 @pytest.mark.parametrize("precision", ["bf16-mixed", "bf16-true"])
 def test_bf16_training(precision) -> None:
-    monitor = SpectralMonitor(every_n_steps=5, min_evals=5)
+    monitor = SpectralMonitor(every_n_steps=5, min_evals=5, mode="sync")
     run = trainer(max_steps=10, precision=precision, callbacks=[monitor])
     run.fit(ConvNet(), image_loader())
     assert monitor.history.steps == [0, 5, 10]
