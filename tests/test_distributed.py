@@ -1,0 +1,58 @@
+"""SpectralMonitor under Lightning's DDP: two CPU processes with the gloo backend."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from lightning_helpers import ConvNet
+
+from spectral_monitor import analyze
+
+SCRIPT = Path(__file__).resolve().parent / "scripts" / "ddp_run.py"
+
+
+def run_ddp(out: Path, *extra: str) -> list[dict]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOCAL_RANK", "WORLD_SIZE"))}
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), str(out), *extra],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
+@pytest.mark.slow
+def test_ddp_ranks_agree_and_rank_zero_writes_one_event_file(tmp_path) -> None:
+    ranks = run_ddp(tmp_path)
+    assert [r["rank"] for r in ranks] == [0, 1]
+    h0, h1 = ranks[0]["history"], ranks[1]["history"]
+    assert h0["aggregates"]["step"] == h1["aggregates"]["step"]
+    assert h0["aggregates"]["step"][0] == 0 and h0["aggregates"]["step"][-1] <= 30
+    # DDP keeps the replicas identical, so both ranks' analyses agree exactly.
+    assert h0["layers"] == h1["layers"]
+    assert ranks[0]["alpha_mean_metric"] == ranks[1]["alpha_mean_metric"] is not None
+    events = list((tmp_path / "tb").rglob("events.out.tfevents.*"))
+    assert len(events) == 1
+    # The last analysis equals analyze() of the final weights.
+    model = ConvNet()
+    model.load_state_dict(torch.load(tmp_path / "final.pt"))
+    if h0["aggregates"]["step"][-1] == ranks[0]["global_step"]:
+        expected = analyze(model, min_evals=5)
+        assert h0["aggregates"]["alpha_mean"][-1] == pytest.approx(expected.alpha_mean, rel=1e-6)
+
+
+@pytest.mark.slow
+def test_ddp_stop_decision_is_the_same_on_every_rank(tmp_path) -> None:
+    ranks = run_ddp(tmp_path, "2.0")
+    assert ranks[0]["global_step"] == ranks[1]["global_step"] < 400
+    assert ranks[0]["stopped_step"] == ranks[1]["stopped_step"] is not None
+    means = ranks[0]["history"]["aggregates"]["alpha_mean"]
+    assert any(a < 2.0 and b < 2.0 for a, b in itertools.pairwise(means))
+    assert ranks[0]["history"] == ranks[1]["history"]
