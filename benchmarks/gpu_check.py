@@ -1,0 +1,207 @@
+"""One prepared check for a GPU session: correctness of the CUDA path, analysis speed, and the
+training step-time overhead of SpectralMonitor, printed as one table.
+
+    python benchmarks/gpu_check.py                 # ~3-5 minutes on an H100
+    python benchmarks/gpu_check.py --quick         # smaller, for a smoke run
+
+1. Correctness: a GPT-2-small-sized stack of Linear layers (12 blocks of 768x2304, 768x768,
+   768x3072, 3072x768 = 48 matrices) analysed on CUDA (float32 Gram + eigvalsh, batched fit)
+   against the CPU in float64; max relative |Δalpha| (target <= 1e-3), identical skip reasons.
+2. Speed: the full analysis of that model on the GPU, warm, median of 5 (target < 0.5 s), next to
+   the bare batched eigensolver on the same matrices.
+3. Overhead: the same small transformer trained with and without the monitor
+   (every_n_steps=100), interleaved; median and p99 step time (target: overhead < 1 %), and the
+   step times of the steps right after each snapshot, which would show a stalled training stream.
+
+It needs CUDA; on a machine without it, it says so and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import warnings
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from spectral_monitor import SpectralMonitor, analyze
+from spectral_monitor.eigen import batched_eigenvalues
+from spectral_monitor.layers import select_layers, weight_matrices
+
+
+def gpt2_small_linears(blocks: int = 12, dim: int = 768) -> nn.Module:
+    torch.manual_seed(0)
+    layers = []
+    for _ in range(blocks):
+        layers += [
+            nn.Linear(dim, 3 * dim),
+            nn.Linear(dim, dim),
+            nn.Linear(dim, 4 * dim),
+            nn.Linear(4 * dim, dim),
+        ]
+    return nn.Sequential(*layers)
+
+
+def check_correctness(model: nn.Module) -> dict[str, float]:
+    gpu = analyze(model.cuda())
+    cpu = analyze(model.cpu(), precision="float64")
+    worst = 0.0
+    for a, b in zip(gpu.layers, cpu.layers, strict=True):
+        assert a.skipped == b.skipped, (a.name, a.skipped, b.skipped)
+        if a.skipped is None:
+            worst = max(worst, abs(a.alpha - b.alpha) / abs(b.alpha))
+    return {"layers": float(len(cpu.fitted)), "max_rel_dalpha": worst}
+
+
+def time_analysis(model: nn.Module, repeat: int) -> dict[str, float]:
+    model = model.cuda()
+    analyze(model)  # warm-up: kernels, cuSOLVER handles
+    times = []
+    for _ in range(repeat):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        analyze(model)
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    stacks = [weight_matrices(m.weight.detach()) for _, m in select_layers(model)]
+    floor = []
+    for _ in range(repeat):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        batched_eigenvalues(stacks)
+        torch.cuda.synchronize()
+        floor.append(time.perf_counter() - start)
+    return {"analysis_s": statistics.median(times), "eigensolver_s": statistics.median(floor)}
+
+
+class TinyGPT(L.LightningModule):
+    def __init__(self, dim: int = 512, depth: int = 4, vocab: int = 256) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        layer = nn.TransformerEncoderLayer(dim, 8, 4 * dim, batch_first=True, norm_first=True)
+        self.body = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.head = nn.Linear(dim, vocab)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        mask = nn.Transformer.generate_square_subsequent_mask(x.shape[1], device=x.device)
+        logits = self.head(self.body(self.embed(x), mask=mask, is_causal=True))
+        return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.parameters(), lr=3e-4)
+
+
+class StepTimer(L.Callback):
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self._start = 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        torch.cuda.synchronize()
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        torch.cuda.synchronize()
+        self.times.append(time.perf_counter() - self._start)
+
+
+def train(steps: int, every: int | None) -> dict[str, float]:
+    torch.manual_seed(0)
+    data = TensorDataset(torch.randint(0, 256, (4096, 128)), torch.randint(0, 256, (4096, 128)))
+    timer = StepTimer()
+    callbacks: list[L.Callback] = [timer]
+    if every is not None:
+        callbacks.append(SpectralMonitor(every_n_steps=every, log_histograms=False))
+    trainer = L.Trainer(
+        accelerator="cuda",
+        devices=1,
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+    )
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(TinyGPT(), DataLoader(data, batch_size=32, shuffle=True))
+    total = time.perf_counter() - start
+    times = timer.times[10:]
+    after = [
+        t for k, t in enumerate(timer.times) if every and k >= 10 and (k + 1) % every in (1, 2)
+    ]
+    ordered = sorted(times)
+    return {
+        "total": total,
+        "median": statistics.median(times),
+        "p99": ordered[int(0.99 * (len(ordered) - 1))],
+        "after_snapshot": statistics.median(after) if after else float("nan"),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("gpu_check: CUDA is not available on this machine", file=sys.stderr)
+        return 2
+    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")
+    model = gpt2_small_linears(blocks=2 if args.quick else 12)
+    rows = []
+    correct = check_correctness(model)
+    rows.append(
+        ("CUDA vs CPU float64: max rel Δalpha", f"{correct['max_rel_dalpha']:.2e}", "<= 1e-3")
+    )
+    speed = time_analysis(model, repeat=5)
+    rows.append(("full analysis, GPT-2-small Linears (s)", f"{speed['analysis_s']:.3f}", "< 0.5"))
+    rows.append(("bare batched eigensolver (s)", f"{speed['eigensolver_s']:.3f}", ""))
+    steps = 200 if args.quick else args.steps
+    runs: dict[int | None, list[dict[str, float]]] = {None: [], 100: []}
+    train(30, None)  # warm-up
+    for _ in range(args.repeat):
+        for every in (None, 100):
+            runs[every].append(train(steps, every))
+
+    def med(every: int | None, key: str) -> float:
+        return statistics.median(r[key] for r in runs[every])
+
+    overhead = med(100, "total") / med(None, "total") - 1
+    rows.append(
+        ("training wall-clock overhead, every_n_steps=100", f"{100 * overhead:+.2f}%", "< 1%")
+    )
+    rows.append(
+        (
+            "median step ms, off / on",
+            f"{1e3 * med(None, 'median'):.2f} / {1e3 * med(100, 'median'):.2f}",
+            "",
+        )
+    )
+    rows.append(
+        ("p99 step ms, off / on", f"{1e3 * med(None, 'p99'):.2f} / {1e3 * med(100, 'p99'):.2f}", "")
+    )
+    rows.append(
+        (
+            "median step ms right after a snapshot",
+            f"{1e3 * med(100, 'after_snapshot'):.2f}",
+            "≈ median",
+        )
+    )
+    print("\n| check | measured | target |\n|---|---|---|")
+    for name, value, target in rows:
+        print(f"| {name} | {value} | {target} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
