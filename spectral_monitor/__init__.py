@@ -1,7 +1,7 @@
 """spectral_monitor: heavy-tailed spectral analysis (HT-SR alpha, λmax, ESDs) of neural-network
 weights, offline with :func:`analyze` and during Lightning training with ``SpectralMonitor``."""
 
-from spectral_monitor.analysis import AnalysisConfig, analyze, analyze_state_dict
+from spectral_monitor.analysis import AnalysisConfig, analyze
 from spectral_monitor.callback import SpectralMonitor
 from spectral_monitor.history import SpectralHistory
 from spectral_monitor.powerlaw_fit import PowerLawFit, fit_power_law, fit_power_law_batched
@@ -22,7 +22,6 @@ __all__ = [
     "SpectralTracker",
     "__version__",
     "analyze",
-    "analyze_state_dict",
     "fit_power_law",
     "fit_power_law_batched",
 ]

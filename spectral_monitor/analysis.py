@@ -42,7 +42,6 @@ __all__ = [
     "LayerSnapshot",
     "analyze",
     "analyze_snapshot",
-    "analyze_state_dict",
     "take_snapshot",
 ]
 
@@ -261,7 +260,7 @@ def analyze_snapshot(
 
 
 def analyze(
-    model: nn.Module,
+    model: nn.Module | Mapping[str, torch.Tensor],
     *,
     layers: LayerFilter = None,
     exclude: LayerFilter = None,
@@ -274,7 +273,10 @@ def analyze(
     """Analyse every Linear/Conv2d layer of a model: ESD, power-law fit and HT-SR metrics.
 
     Args:
-        model: any ``torch.nn.Module``.
+        model: any ``torch.nn.Module``; or a bare state dict, when the model class is not at
+            hand: then every 2-D ``*.weight`` tensor is analysed as a Linear weight and every
+            4-D one as a Conv2d weight, named by its key without ``.weight``, and the type
+            filters ``nn.Linear``/``nn.Conv2d`` select by dimensionality.
         layers: keep only layers whose ``named_modules()`` name matches one of these glob patterns
             (``"encoder.*"``) or whose type is one of these types; None keeps all.
         exclude: drop layers matching any of these patterns or types.
@@ -300,41 +302,19 @@ def analyze(
         ['0']
     """
     config = AnalysisConfig.create(layers, exclude, conv2d, normalize, min_evals, precision, device)
-    with torch.no_grad():
-        snapshot = take_snapshot(model, config, copy=False)
+    if isinstance(model, nn.Module):
+        with torch.no_grad():
+            snapshot = take_snapshot(model, config, copy=False)
+        what = f"{type(model).__name__} has no Linear/Conv2d layer"
+    elif isinstance(model, Mapping):
+        snapshot = snapshot_state_dict(model, config)
+        what = "the state dict has no 2-D or 4-D floating-point '*.weight' tensor"
+    else:
+        raise ValueError(f"model must be an nn.Module or a state dict, got {type(model).__name__}")
     if not snapshot:
         warnings.warn(
-            f"analyze(): {type(model).__name__} has no Linear/Conv2d layer to analyse"
+            f"analyze(): {what} to analyse"
             + (" after the layers/exclude filters" if layers or exclude else ""),
-            UserWarning,
-            stacklevel=2,
-        )
-    return analyze_snapshot(snapshot, config)
-
-
-def analyze_state_dict(
-    state_dict: Mapping[str, Any],
-    *,
-    layers: LayerFilter = None,
-    exclude: LayerFilter = None,
-    conv2d: str = "flatten",
-    normalize: bool = True,
-    min_evals: int = DEFAULT_MIN_EVALS,
-    precision: str = "float32",
-    device: torch.device | str | None = None,
-) -> SpectralReport:
-    """:func:`analyze` for weights without their model class: every 2-D ``*.weight`` tensor is
-    analysed as a Linear weight and every 4-D one as a Conv2d weight. Layer names are the keys
-    without ``.weight``. Type filters ``nn.Linear``/``nn.Conv2d`` select by dimensionality.
-
-    Raises:
-        ValueError: an argument is invalid (the message names it).
-    """
-    config = AnalysisConfig.create(layers, exclude, conv2d, normalize, min_evals, precision, device)
-    snapshot = snapshot_state_dict(state_dict, config)
-    if not snapshot:
-        warnings.warn(
-            "analyze_state_dict(): no 2-D or 4-D floating-point '*.weight' tensor to analyse",
             UserWarning,
             stacklevel=2,
         )

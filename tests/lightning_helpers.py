@@ -18,6 +18,10 @@ from tensorboard.backend.event_processing.event_accumulator import (
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from spectral_monitor.demo import RandomLabelMLP
+
+__all__ = ["RandomLabelMLP"]  # the demo's over-regularising MLP, used by the stop tests
+
 
 class ConvNet(L.LightningModule):
     """Two Conv2d and two Linear layers on 8x8 single-channel inputs."""
@@ -44,28 +48,6 @@ class ConvNet(L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=self.lr)
-
-
-class RandomLabelMLP(L.LightningModule):
-    """An MLP memorising random labels. With SGD (momentum 0.9, lr 0.2) on batches of 4 its mean
-    alpha falls from ~6 to under 2 within ~100 steps (over-regularisation); with lr 0.005 it stays
-    far above 2."""
-
-    def __init__(self, lr: float = 0.2) -> None:
-        super().__init__()
-        self.lr = lr
-        self.net = nn.Sequential(
-            nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10)
-        )
-
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        loss = nn.functional.cross_entropy(self.net(x), y)
-        self.log("train_loss", loss)
-        return loss
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
 
 
 def image_loader(n: int = 480, batch_size: int = 8, seed: int = 0) -> DataLoader:

@@ -325,17 +325,17 @@ def test_report_rows_csv_json_dataframe(tmp_path, cnn) -> None:
 
 
 def test_analyze_state_dict_equals_analyze_on_the_model(cnn) -> None:
-    from spectral_monitor import analyze_state_dict
-
     by_model = analyze(cnn, conv2d="slices")
-    by_weights = analyze_state_dict(cnn.state_dict(), conv2d="slices")
+    by_weights = analyze(cnn.state_dict(), conv2d="slices")
     assert [la.name for la in by_weights.layers] == [la.name for la in by_model.layers]
     for a, b in zip(by_model.layers, by_weights.layers, strict=True):
         assert (a.kind, a.shape, a.skipped) == (b.kind, b.shape, b.skipped)
         if a.skipped is None:
             assert b.alpha == a.alpha and b.lambda_max == a.lambda_max
-    convs = analyze_state_dict(cnn.state_dict(), layers=nn.Conv2d, exclude="4")
+    convs = analyze(cnn.state_dict(), layers=nn.Conv2d, exclude="4")
     assert [la.name for la in convs.layers] == ["0", "2"]
     with pytest.warns(UserWarning, match="no 2-D or 4-D"):
-        empty = analyze_state_dict({"bias": torch.zeros(3), "step": torch.tensor(4)})
+        empty = analyze({"bias": torch.zeros(3), "step": torch.tensor(4)})
     assert empty.layers == []
+    with pytest.raises(ValueError, match="model must be"):
+        analyze([torch.zeros(3, 3)])
