@@ -36,21 +36,17 @@ import math
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
 import torch
+from bench_utils import thread_setting, threadpool_limits
 from torch import nn
 
 from spectral_monitor import analyze
 from spectral_monitor.layers import select_layers, weight_matrices
-
-try:
-    from threadpoolctl import threadpool_limits
-except ImportError:  # pragma: no cover - threadpoolctl is optional
-    threadpool_limits = None
 
 #: Layers with fewer eigenvalues are left out of the alpha comparison (WeightWatcher's fitter
 #: switches to a small-sample estimator below 20 points).
@@ -138,25 +134,6 @@ def build_models(quick: bool) -> dict[str, nn.Module]:
 
 
 # -------------------------------------------------------------------------------------- threads
-
-
-@contextlib.contextmanager
-def thread_setting(threads: int | None) -> Iterator[str]:
-    """Set torch's and (via threadpoolctl) the OpenMP/BLAS thread counts; None keeps defaults.
-
-    Yields a label for the table, e.g. ``"1"`` or ``"default (2)"``.
-    """
-    default = torch.get_num_threads()
-    if threads is None:
-        yield f"default ({default})"
-        return
-    torch.set_num_threads(threads)
-    limiter = threadpool_limits(limits=threads) if threadpool_limits else contextlib.nullcontext()
-    try:
-        with limiter:
-            yield str(threads)
-    finally:
-        torch.set_num_threads(default)
 
 
 def parse_threads(values: list[str]) -> list[int | None]:

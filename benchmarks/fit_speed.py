@@ -32,20 +32,16 @@ import math
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 import torch
+from bench_utils import thread_setting, threadpool_limits
 
 from spectral_monitor import fit_power_law
-
-try:
-    from threadpoolctl import threadpool_limits
-except ImportError:  # pragma: no cover - threadpoolctl is optional
-    threadpool_limits = None
 
 SIZES = (100, 300, 1000, 3000, 5000)
 #: Relative alpha difference below which two fits are said to agree.
@@ -84,22 +80,6 @@ def gaussian_esd(n: int, seed: int = 0) -> np.ndarray:
     diagonal = d * d
     diagonal[1:] += e * e
     return np.sort(eigvalsh_tridiagonal(diagonal, d[:-1] * e)) / m
-
-
-@contextlib.contextmanager
-def thread_setting(threads: int | None) -> Iterator[str]:
-    """Set torch's and (via threadpoolctl) the OpenMP/BLAS thread counts; None keeps defaults."""
-    default = torch.get_num_threads()
-    if threads is None:
-        yield f"default ({default})"
-        return
-    torch.set_num_threads(threads)
-    limiter = threadpool_limits(limits=threads) if threadpool_limits else contextlib.nullcontext()
-    try:
-        with limiter:
-            yield str(threads)
-    finally:
-        torch.set_num_threads(default)
 
 
 def best_time(task: Callable[[], Any], repeat: int) -> tuple[float, Any]:

@@ -27,6 +27,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from bench_utils import StepTimer
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -96,20 +97,6 @@ class TinyGPT(L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.parameters(), lr=3e-4)
-
-
-class StepTimer(L.Callback):
-    def __init__(self) -> None:
-        self.times: list[float] = []
-        self._start = 0.0
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        torch.cuda.synchronize()
-        self._start = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        torch.cuda.synchronize()
-        self.times.append(time.perf_counter() - self._start)
 
 
 def train(steps: int, every: int | None) -> dict[str, float]:

@@ -23,6 +23,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from bench_utils import StepTimer
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -52,24 +53,6 @@ class SmallCNN(L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=0.02, momentum=0.9)
-
-
-class StepTimer(L.Callback):
-    """Wall-clock time of every training step, batch start to batch end (synchronised on CUDA)."""
-
-    def __init__(self) -> None:
-        self.times: list[float] = []
-        self._start = 0.0
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        self._start = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        self.times.append(time.perf_counter() - self._start)
 
 
 def run_once(steps: int, device: str, every: int | None, batch_size: int) -> dict[str, float]:
