@@ -544,3 +544,33 @@ def test_near_tie_at_the_top_matches_weightwatcher():
     reference = WWFit(x)
     assert fit.xmin == reference.xmin
     assert fit.alpha == pytest.approx(reference.alpha, rel=1e-9)
+
+
+@st.composite
+def _long_mixed_arrays(draw) -> np.ndarray:
+    """Arrays of length 0..5000: many ties, zeros, a range of 1e-30..1e30, and sometimes one
+    poisoned entry (NaN, ±Inf or a negative value)."""
+    n = draw(st.integers(min_value=0, max_value=5000))
+    rng = np.random.default_rng(draw(st.integers(min_value=0, max_value=2**32 - 1)))
+    pool = 10.0 ** rng.uniform(-30, 30, size=draw(st.integers(1, 50)))
+    x = pool[rng.integers(0, pool.size, n)]
+    x[rng.random(n) < draw(st.floats(0.0, 0.5))] = 0.0
+    poison = draw(st.sampled_from([None, math.nan, math.inf, -math.inf, -1.0]))
+    if poison is not None and n:
+        x[rng.integers(0, n)] = poison
+    return x
+
+
+@settings(max_examples=25, deadline=None)
+@given(_long_mixed_arrays())
+def test_property_long_arrays_up_to_5000(x: np.ndarray):
+    fit = fit_power_law(x)
+    bad = bool(np.any(~np.isfinite(x)) or np.any(x < 0))
+    positives = x[x > 0] if not bad else x[:0]
+    if bad or np.unique(positives).size < 2:
+        assert not fit.ok and fit.reason and not math.isfinite(fit.alpha)
+    else:
+        assert fit.ok and math.isfinite(fit.alpha) and fit.alpha > 1
+        assert fit.xmin in positives and fit.xmin < positives.max()
+        assert fit.n_tail == int(np.sum(positives >= fit.xmin))
+        assert 0.0 <= fit.D <= 1.0
