@@ -184,7 +184,7 @@ class SpectralMonitor(Callback):
         # resumed at an analysed step does not repeat it.
         if step not in self.history:
             self.tracker.submit(pl_module, trainer.global_step, step)
-        self._collect(trainer, block=self.tracker.mode == "sync")
+        self._collect(trainer, block=False)  # a sync analysis is already done
 
     @override
     def on_train_batch_end(
@@ -198,10 +198,10 @@ class SpectralMonitor(Callback):
         self._collect(trainer, block=False)
         step = trainer.global_step
         scheduled = self.tracker.due(step)
-        if scheduled:
-            self.tracker.submit(pl_module, step, _logging_step(trainer, after_batch=True))
-            if self.tracker.mode == "sync":
-                self._collect(trainer, block=True)
+        if scheduled and self.tracker.submit(
+            pl_module, step, _logging_step(trainer, after_batch=True)
+        ):
+            self._collect(trainer, block=False)  # a sync analysis is already done
         if _is_last_batch(trainer):
             # Drain before any EarlyStopping reads at epoch end, whatever the callback order.
             self._drain(trainer)
@@ -288,25 +288,14 @@ class SpectralMonitor(Callback):
             self._guard("logger", lambda lg=logger: lg.log_metrics(scalars, step=step))
         if not trainer.is_global_zero:
             return
-        index = self.tracker.num_analyses - 1
-        tracker = self.tracker
+        prefix, extras = self.tracker.prefix, self.tracker.extras_due()
         for logger in _tensorboard_loggers(trainer):
 
             def write(lg: TensorBoardLogger = logger) -> None:
                 if lg.log_dir not in self._layouts_written:
-                    write_layout(lg.experiment, tracker.prefix)
+                    write_layout(lg.experiment, prefix)
                     self._layouts_written.add(lg.log_dir)
-                extras = index % tracker.histogram_every == 0
-                every = tracker.log_figures_every
-                write_report_extras(
-                    lg.experiment,
-                    report,
-                    step,
-                    tracker.prefix,
-                    histograms=tracker.log_histograms and extras,
-                    figures=every is not None and index % every == 0,
-                    text=extras,
-                )
+                write_report_extras(lg.experiment, report, step, prefix, **extras)
 
             self._guard("logger", write)
 

@@ -218,10 +218,13 @@ class SpectralTracker:
         """Why the stop rule fired, or None."""
         return None if self.stop_rule is None else self.stop_rule.reason
 
-    @property
-    def busy(self) -> bool:
-        """True while an analysis is running."""
-        return self._worker.busy
+    def extras_due(self) -> dict[str, bool]:
+        """Which TensorBoard extras the latest analysis gets: histograms and the verdict table
+        every ``histogram_every`` analyses, figures every ``log_figures_every``."""
+        index = self.num_analyses - 1
+        every = index % self.histogram_every == 0
+        figures = self.log_figures_every is not None and index % self.log_figures_every == 0
+        return {"histograms": self.log_histograms and every, "figures": figures, "text": every}
 
     def scalars(self, report: SpectralReport) -> dict[str, float]:
         """The report's scalars plus this tracker's counters."""
@@ -238,8 +241,8 @@ class SpectralTracker:
         if self.log_dir is not None and self._writer is None:
             self._open_writer()
         reports = self.collect()
-        if self.maybe_submit(model, step) and self.mode == "sync":
-            reports += self.collect()
+        if self.maybe_submit(model, step):
+            reports += self.collect()  # a sync analysis is already done; a thread's may be
         return reports
 
     def _open_writer(self) -> None:
@@ -253,15 +256,7 @@ class SpectralTracker:
 
         def sink(report: SpectralReport, step: int) -> None:
             write_scalars(writer, self.scalars(report), step)
-            index = self.num_analyses - 1
-            write_report_extras(
-                writer,
-                report,
-                step,
-                self.prefix,
-                histograms=self.log_histograms and index % self.histogram_every == 0,
-                figures=self.log_figures_every is not None and index % self.log_figures_every == 0,
-            )
+            write_report_extras(writer, report, step, self.prefix, **self.extras_due())
             writer.flush()
 
         self.sinks.append(sink)
@@ -276,11 +271,6 @@ class SpectralTracker:
             self._writer = None
             self.sinks.clear()
         return reports
-
-    @property
-    def worker_alive(self) -> bool:
-        """True while a worker thread exists."""
-        return self._worker.thread_alive
 
     def reset(self) -> None:
         """Forget the history, schedule, counters and stop state (a new run starts)."""

@@ -63,11 +63,6 @@ class AnalysisWorker:
         """True while an analysis is running."""
         return any(not f.done() for f in self._futures)
 
-    @property
-    def thread_alive(self) -> bool:
-        """True while the worker thread exists (between the first submit and :meth:`close`)."""
-        return self._executor is not None
-
     def submit(self, snapshot: list[LayerSnapshot], config: AnalysisConfig, step: int) -> bool:
         """Start analysing ``snapshot``; False (nothing started) while the previous one runs."""
         if self.busy:
