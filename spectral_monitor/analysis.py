@@ -150,7 +150,11 @@ def _snapshot_layer(
 
 
 def take_snapshot(
-    model: nn.Module, config: AnalysisConfig, copy: bool = True, max_bytes: int | None = None
+    model: nn.Module,
+    config: AnalysisConfig,
+    copy: bool = True,
+    max_bytes: int | None = None,
+    only: set[str] | None = None,
 ) -> list[LayerSnapshot]:
     """Float32 copies of the selected layers' weights (on ``config.device`` or the weight's own).
 
@@ -161,10 +165,13 @@ def take_snapshot(
             on the right device be used in place, for a one-off analysis.
         max_bytes: budget for the copies; a layer that would exceed it is not copied and is
             reported as skipped with the reason (None: no budget).
+        only: take just these layer names (this rank's share of a distributed analysis).
     """
     snapshot = []
     held = 0
     for name, module in select_layers(model, config.layers, config.exclude):
+        if only is not None and name not in only:
+            continue
         weight = getattr(module, "weight", None)
         if max_bytes is not None and isinstance(weight, torch.Tensor) and not weight.is_meta:
             need = weight.numel() * 4

@@ -19,6 +19,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from spectral_monitor.analysis import DEFAULT_MIN_EVALS
+from spectral_monitor.distributed import torch_gather
 from spectral_monitor.history import SpectralHistory
 from spectral_monitor.layers import LayerFilter, select_layers
 from spectral_monitor.report import SpectralReport
@@ -164,6 +165,10 @@ class SpectralMonitor(Callback):
                 "monitor.history and trainer.callback_metrics only.",
             )
         self.stopped_step = None
+        distributed = trainer.world_size > 1 and torch.distributed.is_initialized()
+        self.tracker.shard(
+            trainer.global_rank, trainer.world_size, torch_gather if distributed else None
+        )
         config = self.tracker.config
         if not select_layers(pl_module, config.layers, config.exclude):
             self._warn_once(
@@ -229,8 +234,9 @@ class SpectralMonitor(Callback):
     def on_exception(
         self, trainer: Trainer, pl_module: LightningModule, exception: BaseException
     ) -> None:
-        # Join the worker so no thread outlives the failed run; results still arriving are kept.
-        self._guard("shutdown", self.tracker.close)
+        # Join the worker so no thread outlives the failed run. Results still arriving are kept,
+        # except a distributed part: the other ranks may never come to gather it.
+        self._guard("shutdown", lambda: self.tracker.close(gather=False))
 
     @override
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:

@@ -23,11 +23,12 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import nn
 
 from spectral_monitor.analysis import DEFAULT_MIN_EVALS, AnalysisConfig, take_snapshot
+from spectral_monitor.distributed import Gather, assign_layers, merge_reports
 from spectral_monitor.history import SpectralHistory
-from spectral_monitor.layers import LayerFilter
+from spectral_monitor.layers import LayerFilter, select_layers
 from spectral_monitor.report import SpectralReport
 from spectral_monitor.stopping import STOP_ON, ThresholdStopRule
-from spectral_monitor.worker import AnalysisWorker
+from spectral_monitor.worker import AnalysisResult, AnalysisWorker
 
 __all__ = ["MODES", "SpectralTracker"]
 
@@ -144,6 +145,25 @@ class SpectralTracker:
         self._worker = AnalysisWorker(self.mode)  # type: ignore[arg-type]
         self._writer: Any = None
         self._warned_failure = False
+        self._rank, self._world_size = 0, 1
+        self._gather: Gather | None = None
+        self._pending_order: list[str] | None = None  # layers of a sharded analysis in flight
+
+    # --- distribution ----------------------------------------------------------------------
+
+    def shard(self, rank: int, world_size: int, gather: Gather | None) -> None:
+        """Split every analysis across ``world_size`` ranks (None/1: no split).
+
+        Each rank analyses its share of the layers (assigned by cost, see
+        :func:`spectral_monitor.distributed.assign_layers`), and ``gather`` merges the parts into
+        the report every rank takes in. Then :meth:`submit` and ``collect(block=True)`` are
+        collectives: every rank must call them at the same points, and nothing is skipped for
+        back-pressure (a rank waits for its previous part instead), so the ranks stay in step.
+        ``collect(block=False)`` takes in nothing while sharded.
+        """
+        sharded = gather is not None and world_size > 1
+        self._rank, self._world_size = (rank, world_size) if sharded else (0, 1)
+        self._gather = gather if sharded else None
 
     # --- schedule -------------------------------------------------------------------------
 
@@ -165,10 +185,19 @@ class SpectralTracker:
                 ``step`` (Lightning's logging step counts batches, not optimizer steps).
         """
         self._last_attempt = step
-        if self._worker.busy:
+        only = None
+        if self._gather is not None:
+            self.collect(block=True)  # the previous analysis is gathered first, on every rank
+            only = assign_layers(model, self.config, self._world_size)[self._rank]
+            self._pending_order = [
+                n for n, _ in select_layers(model, self.config.layers, self.config.exclude)
+            ]
+        elif self._worker.busy:
             self.num_skipped += 1
             return False
-        snapshot = take_snapshot(model, self.config, copy=True, max_bytes=self.max_snapshot_bytes)
+        snapshot = take_snapshot(
+            model, self.config, copy=True, max_bytes=self.max_snapshot_bytes, only=only
+        )
         self.last_snapshot_bytes = sum(s.nbytes for s in snapshot)
         return self._worker.submit(
             snapshot, self.config, step if report_step is None else report_step
@@ -184,7 +213,10 @@ class SpectralTracker:
         """Take in finished analyses (waiting for the running one if ``block``): add them to the
         history, update the stop rule, hand them to the sinks. A failed analysis becomes one
         warning with its traceback (once) and is counted in ``num_failed``."""
-        results = self._worker.wait() if block else self._worker.poll()
+        if self._gather is not None:
+            results = self._gather_results() if block else []
+        else:
+            results = self._worker.wait() if block else self._worker.poll()
         reports = []
         for result in results:
             if result.report is None:
@@ -207,6 +239,21 @@ class SpectralTracker:
                 sink(report, int(report.step if report.step is not None else 0))
             reports.append(report)
         return reports
+
+    def _gather_results(self) -> list[AnalysisResult]:
+        """This rank's part of the pending analysis, merged with every other rank's."""
+        assert self._gather is not None
+        mine = self._worker.wait()
+        if self._pending_order is None:  # nothing submitted since the last gather, on any rank
+            return []
+        order, self._pending_order = self._pending_order, None
+        part = mine[0] if mine else AnalysisResult(-1, None, "no result on this rank")
+        parts: list[AnalysisResult] = self._gather(part)
+        failed = [p for p in parts if p.report is None]
+        if failed:
+            return [failed[0]]
+        reports = [p.report for p in parts if p.report is not None]
+        return [AnalysisResult(part.step, merge_reports(reports, order))]
 
     @property
     def should_stop(self) -> bool:
@@ -261,10 +308,18 @@ class SpectralTracker:
 
         self.sinks.append(sink)
 
-    def close(self) -> list[SpectralReport]:
+    def close(self, gather: bool = True) -> list[SpectralReport]:
         """Finish and take in outstanding work, join the worker thread, close ``log_dir``'s
-        writer. The tracker stays usable (a new worker thread starts on demand)."""
-        reports = self.collect(block=True)
+        writer. The tracker stays usable (a new worker thread starts on demand).
+
+        Args:
+            gather: while sharded, take in the pending analysis (a collective); False drops it,
+                for a failing run where the other ranks may never arrive.
+        """
+        if gather or self._gather is None:
+            reports = self.collect(block=True)
+        else:
+            reports, self._pending_order = [], None
         self._worker.close()
         if self._writer is not None:
             self._writer.close()

@@ -38,6 +38,11 @@ def test_ddp_ranks_agree_and_rank_zero_writes_one_event_file(tmp_path) -> None:
     # DDP keeps the replicas identical, so both ranks' analyses agree exactly.
     assert h0["layers"] == h1["layers"]
     assert ranks[0]["alpha_mean_metric"] == ranks[1]["alpha_mean_metric"] is not None
+    # Each rank copied and analysed only its share of the layers, and none was skipped.
+    shares = [r["snapshot_bytes"] for r in ranks]
+    assert min(shares) > 0 and sum(shares) == ranks[0]["weight_bytes"]
+    assert ranks[0]["skipped"] == ranks[1]["skipped"] == 0
+    assert h0["aggregates"]["step"] == [0, 10, 20, 30]
     events = list((tmp_path / "tb").rglob("events.out.tfevents.*"))
     assert len(events) == 1
     # The last analysis equals analyze() of the final weights.
@@ -56,3 +61,28 @@ def test_ddp_stop_decision_is_the_same_on_every_rank(tmp_path) -> None:
     means = ranks[0]["history"]["aggregates"]["alpha_mean"]
     assert any(a < 2.0 and b < 2.0 for a, b in itertools.pairwise(means))
     assert ranks[0]["history"] == ranks[1]["history"]
+
+
+def test_layers_are_assigned_once_each_and_balanced_by_cost() -> None:
+    from torch import nn
+
+    from spectral_monitor.analysis import AnalysisConfig
+    from spectral_monitor.distributed import assign_layers, layer_cost, merge_reports
+
+    model = nn.Sequential(*[nn.Linear(64 * (1 + k % 3), 64 * (1 + k % 2)) for k in range(9)])
+    config = AnalysisConfig.create()
+    owners = assign_layers(model, config, 3)
+    names = [n for n, _ in model.named_modules() if n]
+    assert sorted(n for share in owners for n in share) == sorted(names)
+    assert sum(len(share) for share in owners) == len(names)
+    assert owners == assign_layers(model, config, 3)  # the same on every rank
+    modules = dict(model.named_modules())
+    loads = [sum(layer_cost(tuple(modules[n].weight.shape), "flatten") for n in s) for s in owners]
+    biggest = max(layer_cost(tuple(m.weight.shape), "flatten") for m in model)
+    assert max(loads) - min(loads) <= biggest  # greedy LPT: within one layer of balance
+
+    full = analyze(model)
+    parts = [analyze(model, layers=sorted(share)) for share in owners]
+    merged = merge_reports(parts, names)
+    assert [la.name for la in merged.layers] == names
+    assert [la.alpha for la in merged.layers] == [la.alpha for la in full.layers]

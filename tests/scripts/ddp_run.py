@@ -36,6 +36,13 @@ class Dump(L.Callback):
             "stopped_step": self.monitor.stopped_step,
             "should_stop": bool(trainer.should_stop),
             "alpha_mean_metric": None if metric is None else float(metric),
+            "snapshot_bytes": self.monitor.tracker.last_snapshot_bytes,
+            "weight_bytes": sum(
+                4 * m.weight.numel()
+                for m in pl_module.modules()
+                if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))
+            ),
+            "skipped": self.monitor.tracker.num_skipped,
         }
         (self.out / f"rank{trainer.global_rank}.json").write_text(json.dumps(data))
         if trainer.global_rank == 0:
