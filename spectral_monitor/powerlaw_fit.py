@@ -35,6 +35,11 @@ _TILE_ELEMENTS_GPU = 1 << 24
 _PROBE_POINTS = 32
 _PROBES = 4
 _PRUNE_MARGIN = 1e-12
+# ln(x_j / x_i) is read off prefix sums of log-gaps as L_j - L_i, which carries an absolute error
+# of a few ulps of L_max = ln(x_max / x_0); T's error is then about |1 - alpha| * L_max * 1e-16.
+# A candidate where that product exceeds this bound (an enormous alpha over near-tied values far
+# from x_0, never a real spectrum) gets its log differences summed from its own start instead.
+_ILL_CONDITIONED = 1e4
 
 
 @dataclass(frozen=True)
@@ -147,11 +152,17 @@ def _fit_padded(
     offset = idx.unsqueeze(0) * inv_tail  # i / n_tail_i
     first_f = first.to(torch.float64)
 
-    terms = (logs, slope, first_f, inv_tail, offset)
+    log_range = logs.gather(1, (lengths - 1).unsqueeze(1))  # (B, 1) ln(x_max / x_0)
+    ill = candidate & (slope.abs() * log_range > _ILL_CONDITIONED)
+
+    terms = (logs, slope, first_f, inv_tail, offset, gaps)
     if batch == 1 and prune:
-        D = _pruned_distances(*(t[0] for t in terms), candidate[0]).unsqueeze(0)
+        D = _pruned_distances(tuple(t[0] for t in terms), candidate[0], ill[0]).unsqueeze(0)
     else:
-        D = _all_distances(*terms)
+        D = _all_distances(*terms[:5])
+        for b in torch.nonzero(ill.any(dim=1)).squeeze(1).tolist():
+            rows = torch.nonzero(ill[b]).squeeze(1)
+            D[b, rows] = _exact_distances(tuple(t[b] for t in terms), rows, summed=True)
     # A NaN distance must never win the argmin (torch.argmin takes NaN as the smallest).
     D = torch.where(candidate & ~torch.isnan(D), D, torch.full_like(D, math.inf))
 
@@ -199,19 +210,31 @@ def _all_distances(
 
 
 def _gaps_at(
-    terms: tuple[torch.Tensor, ...], rows: torch.Tensor, cols: torch.Tensor
+    terms: tuple[torch.Tensor, ...],
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    summed: bool = False,
 ) -> torch.Tensor:
     """max over ``cols`` of |E - T| for each candidate in ``rows`` (one spectrum).
 
     Args:
-        terms: (logs, slope, first_f, inv_tail, offset), each (n,).
+        terms: (logs, slope, first_f, inv_tail, offset, gaps), each (n,).
         rows: (k,) candidate positions.
         cols: (k, c) positions per candidate, or (c,) shared; those below the row are ignored.
+        summed: take ``ln(x_j / x_i)`` as the sum of the gaps from ``i`` (accurate to a few ulps
+            of itself) rather than as ``L_j - L_i`` (a few ulps of ``L_max``); needs ``cols``
+            to be every position, shared.
     """
-    logs, slope, first_f, inv_tail, offset = terms
+    logs, slope, first_f, inv_tail, offset, gaps = terms
     if cols.dim() == 1:
         cols = cols.unsqueeze(0).expand(rows.numel(), -1)
-    t = logs[cols] - logs[rows].unsqueeze(1)
+    if summed:
+        # sum_{k=i}^{j-1} g_k: an inclusive cumsum of the gaps from i, shifted by one column.
+        own = torch.where(cols >= rows.unsqueeze(1), gaps[cols], torch.zeros((), dtype=gaps.dtype))
+        t = torch.zeros_like(own)
+        torch.cumsum(own[:, :-1], 1, out=t[:, 1:])
+    else:
+        t = logs[cols] - logs[rows].unsqueeze(1)
     t.mul_(slope[rows].unsqueeze(1)).exp_()
     t.addcmul_(first_f[cols], inv_tail[rows].unsqueeze(1))
     t.sub_((offset[rows] + 1.0).unsqueeze(1)).abs_()
@@ -219,13 +242,21 @@ def _gaps_at(
     return t.amax(dim=1)
 
 
+def _exact_distances(
+    terms: tuple[torch.Tensor, ...], rows: torch.Tensor, summed: bool = False
+) -> torch.Tensor:
+    """Exact KS distance of each candidate in ``rows`` (one spectrum), (k,), in bounded chunks."""
+    n = terms[0].numel()
+    idx = torch.arange(n, device=rows.device)
+    out = torch.empty(rows.numel(), dtype=torch.float64, device=rows.device)
+    step = max(1, _TILE_ELEMENTS_CPU // n)
+    for r0 in range(0, rows.numel(), step):
+        out[r0 : r0 + step] = _gaps_at(terms, rows[r0 : r0 + step], idx, summed)
+    return out
+
+
 def _pruned_distances(
-    logs: torch.Tensor,
-    slope: torch.Tensor,
-    first_f: torch.Tensor,
-    inv_tail: torch.Tensor,
-    offset: torch.Tensor,
-    candidate: torch.Tensor,
+    terms: tuple[torch.Tensor, ...], candidate: torch.Tensor, ill: torch.Tensor
 ) -> torch.Tensor:
     """KS distances of one spectrum, (n,), exact for every candidate that can win and +inf for
     the others, which are ruled out by exact lower bounds.
@@ -235,31 +266,39 @@ def _pruned_distances(
     candidates with the lowest bounds is an upper bound of the minimum; only candidates whose
     bound does not exceed it (plus a margin for an ulp of vectorised ``exp``) can win, and only
     those get their exact D. The argmin over the result is that of the full computation.
+
+    Ill-conditioned candidates (``ill``, see ``_ILL_CONDITIONED``) are never pruned: their D is
+    always computed, from summed gaps, and also bounds the minimum.
+
+    Args:
+        terms: (logs, slope, first_f, inv_tail, offset, gaps), each (n,).
+        candidate: (n,) bool, positions that may be xmin.
+        ill: (n,) bool, candidates whose log differences must be summed.
     """
-    terms = (logs, slope, first_f, inv_tail, offset)
+    logs, inv_tail = terms[0], terms[3]
     n = logs.numel()
-    idx = torch.arange(n, device=logs.device)
+    D = torch.full((n,), math.inf, dtype=torch.float64, device=logs.device)
+    bound = torch.tensor(math.inf, dtype=torch.float64, device=logs.device)
+    if bool(ill.any()):
+        rows = torch.nonzero(ill).squeeze(1)
+        D[rows] = _exact_distances(terms, rows, summed=True)
+        bound = D[rows].min()
+        candidate = candidate & ~ill
     cand = torch.nonzero(candidate).squeeze(1)
+    if cand.numel() == 0:
+        return D
     n_tail = torch.round(1.0 / inv_tail[cand])  # (padding past the row's end is not counted)
     frac = torch.linspace(0.0, 1.0, _PROBE_POINTS + 1, dtype=torch.float64, device=logs.device)
     grid = cand.unsqueeze(1) + ((n_tail - 1).unsqueeze(1) * frac).long()
     lower = _gaps_at(terms, cand, grid)
 
-    def exact(rows: torch.Tensor) -> torch.Tensor:
-        out = torch.empty(rows.numel(), dtype=torch.float64, device=logs.device)
-        step = max(1, _TILE_ELEMENTS_CPU // n)
-        for r0 in range(0, rows.numel(), step):
-            out[r0 : r0 + step] = _gaps_at(terms, rows[r0 : r0 + step], idx)
-        return out
-
     probes = torch.topk(lower, min(_PROBES, cand.numel()), largest=False).indices
-    bound = exact(cand[probes]).min()
+    bound = torch.minimum(bound, _exact_distances(terms, cand[probes]).min())
     if torch.isfinite(bound):
         keep = torch.nonzero(lower <= bound + _PRUNE_MARGIN).squeeze(1)
     else:  # nothing to prune against: compute every candidate
         keep = torch.arange(cand.numel(), device=logs.device)
-    D = torch.full((n,), math.inf, dtype=torch.float64, device=logs.device)
-    D[cand[keep]] = exact(cand[keep])
+    D[cand[keep]] = _exact_distances(terms, cand[keep])
     return D
 
 

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 
 import pytest
 import torch
+from hypothesis import settings
 from torch import nn
+
+# Property tests draw the same examples on every run, so a landing is never decided by chance;
+# `HYPOTHESIS_PROFILE=explore pytest tests/test_powerlaw_fit.py` draws new ones to hunt for bugs
+# (print_blob gives the line that reproduces a failure).
+settings.register_profile("deterministic", derandomize=True, database=None, print_blob=True)
+settings.register_profile("explore", derandomize=False, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
 
 
 def small_cnn(seed: int = 0) -> nn.Module:
