@@ -35,6 +35,7 @@ from spectral_monitor.layers import (
 from spectral_monitor.metrics import layer_metrics, verdict
 from spectral_monitor.powerlaw_fit import fit_power_law_batched
 from spectral_monitor.report import LayerSpectrum, SpectralReport
+from spectral_monitor.sharded_weights import full_parameters, full_weight, is_sharded
 
 __all__ = [
     "DEFAULT_MIN_EVALS",
@@ -142,8 +143,6 @@ def _snapshot_layer(
     if weight.dim() not in (2, 4):
         return LayerSnapshot(name, kind, shape, None, f"unsupported weight shape {shape}")
     device = config.device if config.device is not None else weight.device
-    if hasattr(weight, "full_tensor"):  # a DTensor shard: the caller gathers collectively
-        weight = weight.full_tensor()
     # detach() alone shares storage, and the next optimizer step would change the snapshot.
     w = weight.detach().to(device=device, dtype=torch.float32, copy=copy)
     return LayerSnapshot(name, kind, shape, w)
@@ -155,8 +154,14 @@ def take_snapshot(
     copy: bool = True,
     max_bytes: int | None = None,
     only: set[str] | None = None,
+    root: nn.Module | None = None,
 ) -> list[LayerSnapshot]:
     """Float32 copies of the selected layers' weights (on ``config.device`` or the weight's own).
+
+    Sharded weights are read whole: a DTensor (FSDP2, tensor parallel) is gathered layer by
+    layer, and a model wrapped in FSDP (1) is read inside ``summon_full_params``. Both are
+    collectives, so on a sharded model every rank must call this at the same point with the same
+    ``config``; every rank gathers every selected layer and only the owner (``only``) keeps it.
 
     Args:
         model: the model.
@@ -166,23 +171,27 @@ def take_snapshot(
         max_bytes: budget for the copies; a layer that would exceed it is not copied and is
             reported as skipped with the reason (None: no budget).
         only: take just these layer names (this rank's share of a distributed analysis).
+        root: the module that owns the sharded parameters, when it wraps ``model`` (Lightning's
+            ``trainer.strategy.model``); default ``model``.
     """
     snapshot = []
     held = 0
-    for name, module in select_layers(model, config.layers, config.exclude):
-        if only is not None and name not in only:
-            continue
-        weight = getattr(module, "weight", None)
-        if max_bytes is not None and isinstance(weight, torch.Tensor) and not weight.is_meta:
-            need = weight.numel() * 4
-            if held + need > max_bytes:
-                kind = layer_kind(module) or type(module).__name__
-                reason = f"snapshot budget max_snapshot_bytes={max_bytes} exceeded"
-                snapshot.append(LayerSnapshot(name, kind, tuple(weight.shape), None, reason))
+    with full_parameters(root if root is not None else model):
+        for name, module in select_layers(model, config.layers, config.exclude):
+            weight = getattr(module, "weight", None)
+            if is_sharded(weight):
+                weight = full_weight(weight)  # on every rank, owner or not: a collective
+            if only is not None and name not in only:
                 continue
-            held += need
-        kind = layer_kind(module) or type(module).__name__
-        snapshot.append(_snapshot_layer(name, kind, weight, config, copy))
+            kind = layer_kind(module) or type(module).__name__
+            if max_bytes is not None and isinstance(weight, torch.Tensor) and not weight.is_meta:
+                need = weight.numel() * 4
+                if held + need > max_bytes:
+                    reason = f"snapshot budget max_snapshot_bytes={max_bytes} exceeded"
+                    snapshot.append(LayerSnapshot(name, kind, tuple(weight.shape), None, reason))
+                    continue
+                held += need
+            snapshot.append(_snapshot_layer(name, kind, weight, config, copy))
     return snapshot
 
 

@@ -16,6 +16,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+from torch import nn
 from typing_extensions import override
 
 from spectral_monitor.analysis import DEFAULT_MIN_EVALS
@@ -188,7 +189,7 @@ class SpectralMonitor(Callback):
         # The analysis at the start gives EarlyStopping a metric before its first check; a run
         # resumed at an analysed step does not repeat it.
         if step not in self.history:
-            self.tracker.submit(pl_module, trainer.global_step, step)
+            self.tracker.submit(pl_module, trainer.global_step, step, _wrapper(trainer))
         self._collect(trainer, block=False)  # a sync analysis is already done
 
     @override
@@ -204,7 +205,7 @@ class SpectralMonitor(Callback):
         step = trainer.global_step
         scheduled = self.tracker.due(step)
         if scheduled and self.tracker.submit(
-            pl_module, step, _logging_step(trainer, after_batch=True)
+            pl_module, step, _logging_step(trainer, after_batch=True), _wrapper(trainer)
         ):
             self._collect(trainer, block=False)  # a sync analysis is already done
         if _is_last_batch(trainer):
@@ -324,6 +325,12 @@ class SpectralMonitor(Callback):
 
 def _tensorboard_loggers(trainer: Trainer) -> list[TensorBoardLogger]:
     return [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+
+
+def _wrapper(trainer: Trainer) -> nn.Module | None:
+    """The strategy's wrapped model (DDP, FSDP), which owns sharded parameters; None if none."""
+    model = getattr(trainer.strategy, "model", None)
+    return model if isinstance(model, nn.Module) else None
 
 
 def _logging_step(trainer: Trainer, after_batch: bool) -> int:

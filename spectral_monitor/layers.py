@@ -81,6 +81,11 @@ def layer_kind(module: nn.Module) -> str | None:
     return None
 
 
+# Attribute names under which torch.compile, FSDP (1) and activation checkpointing hold the
+# module they wrap; they are not part of the user's layer names.
+_WRAPPER_NAMES = frozenset({"_orig_mod", "_fsdp_wrapped_module", "_checkpoint_wrapped_module"})
+
+
 def select_layers(
     model: nn.Module,
     layers: tuple[LayerFilterItem, ...] | None = None,
@@ -96,16 +101,14 @@ def select_layers(
 
     Returns:
         ``(name, module)`` pairs; the root module, if it is itself a layer, is named ``"root"``;
-        ``torch.compile``'s ``_orig_mod`` wrapper does not appear in names.
+        the wrappers of ``torch.compile``, FSDP and activation checkpointing do not appear in
+        names (see ``_WRAPPER_NAMES``), so a layer keeps the name the user gave it.
     """
     selected = []
     for name, module in model.named_modules():
         if layer_kind(module) is None:
             continue
-        # torch.compile wraps a module as `_orig_mod`; the user's names are those without it.
-        name = name.replace("_orig_mod.", "").replace("._orig_mod", "")
-        name = "" if name == "_orig_mod" else name
-        name = name or "root"
+        name = ".".join(part for part in name.split(".") if part not in _WRAPPER_NAMES) or "root"
         if layers is not None and not _matches(name, module, layers):
             continue
         if exclude is not None and _matches(name, module, exclude):

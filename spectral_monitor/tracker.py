@@ -174,7 +174,13 @@ class SpectralTracker:
             return True
         return step // self.every_n_steps > self._last_attempt // self.every_n_steps
 
-    def submit(self, model: nn.Module, step: int, report_step: int | None = None) -> bool:
+    def submit(
+        self,
+        model: nn.Module,
+        step: int,
+        report_step: int | None = None,
+        root: nn.Module | None = None,
+    ) -> bool:
         """Snapshot ``model`` now and start its analysis. Returns False, and counts a skip, when
         the previous analysis is still running (back-pressure).
 
@@ -183,6 +189,8 @@ class SpectralTracker:
             step: the schedule's step (optimizer steps so far).
             report_step: the step the report is stamped and logged with, if it differs from
                 ``step`` (Lightning's logging step counts batches, not optimizer steps).
+            root: the module that owns ``model``'s sharded parameters when it wraps ``model``
+                (an FSDP wrapper); see :func:`~spectral_monitor.analysis.take_snapshot`.
         """
         self._last_attempt = step
         only = None
@@ -196,7 +204,7 @@ class SpectralTracker:
             self.num_skipped += 1
             return False
         snapshot = take_snapshot(
-            model, self.config, copy=True, max_bytes=self.max_snapshot_bytes, only=only
+            model, self.config, copy=True, max_bytes=self.max_snapshot_bytes, only=only, root=root
         )
         self.last_snapshot_bytes = sum(s.nbytes for s in snapshot)
         return self._worker.submit(

@@ -50,6 +50,19 @@ class ConvNet(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=self.lr)
 
 
+class ShardedConvNet(ConvNet):
+    """:class:`ConvNet` sharded with FSDP2: every layer, then the whole, goes through
+    ``fully_shard`` (for Lightning's ``ModelParallelStrategy``), so its weights are DTensors."""
+
+    def configure_model(self) -> None:
+        from torch.distributed.fsdp import fully_shard
+
+        for module in self.net:
+            if isinstance(module, (nn.Linear, nn.Conv2d)):
+                fully_shard(module)
+        fully_shard(self)
+
+
 def image_loader(n: int = 480, batch_size: int = 8, seed: int = 0) -> DataLoader:
     g = torch.Generator().manual_seed(seed)
     data = TensorDataset(

@@ -29,9 +29,21 @@ def run_ddp(out: Path, *extra: str) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_ddp_ranks_agree_and_rank_zero_writes_one_event_file(tmp_path) -> None:
-    ranks = run_ddp(tmp_path)
+@pytest.mark.parametrize(
+    "strategy, slow_rank",
+    [("ddp", None), ("fsdp2", None), ("fsdp2", 1)],
+    ids=["ddp", "fsdp2", "fsdp2-rank1-slow"],
+)
+def test_ranks_agree_and_rank_zero_writes_one_event_file(
+    tmp_path, strategy: str, slow_rank: int | None
+) -> None:
+    """DDP and FSDP2 (weights are DTensors: every rank gathers every layer, the owner analyses
+    it), also with one rank slower than the other: the same results on both ranks, equal to
+    analyze() of the final weights in one process, and one event file."""
+    extra = ["--strategy", strategy] + (["--slow-rank", str(slow_rank)] if slow_rank else [])
+    ranks = run_ddp(tmp_path, *extra)
     assert [r["rank"] for r in ranks] == [0, 1]
+    assert ranks[0]["sharded"] == ranks[1]["sharded"] == (strategy == "fsdp2")
     h0, h1 = ranks[0]["history"], ranks[1]["history"]
     assert h0["aggregates"]["step"] == h1["aggregates"]["step"]
     assert h0["aggregates"]["step"][0] == 0 and h0["aggregates"]["step"][-1] <= 30
@@ -48,14 +60,16 @@ def test_ddp_ranks_agree_and_rank_zero_writes_one_event_file(tmp_path) -> None:
     # The last analysis equals analyze() of the final weights.
     model = ConvNet()
     model.load_state_dict(torch.load(tmp_path / "final.pt"))
-    if h0["aggregates"]["step"][-1] == ranks[0]["global_step"]:
-        expected = analyze(model, min_evals=5)
-        assert h0["aggregates"]["alpha_mean"][-1] == pytest.approx(expected.alpha_mean, rel=1e-6)
+    assert h0["aggregates"]["step"][-1] == ranks[0]["global_step"]
+    expected = analyze(model, min_evals=5)
+    assert h0["aggregates"]["alpha_mean"][-1] == pytest.approx(expected.alpha_mean, rel=1e-6)
+    last = {name: values["alpha"][-1] for name, values in h0["layers"].items()}
+    assert last == pytest.approx({la.name: la.alpha for la in expected.layers}, rel=1e-6)
 
 
 @pytest.mark.slow
 def test_ddp_stop_decision_is_the_same_on_every_rank(tmp_path) -> None:
-    ranks = run_ddp(tmp_path, "2.0")
+    ranks = run_ddp(tmp_path, "--stop-below", "2.0")
     assert ranks[0]["global_step"] == ranks[1]["global_step"] < 400
     assert ranks[0]["stopped_step"] == ranks[1]["stopped_step"] is not None
     means = ranks[0]["history"]["aggregates"]["alpha_mean"]

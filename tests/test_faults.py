@@ -121,6 +121,22 @@ def test_torch_compiled_module_keeps_user_names() -> None:
     assert set(monitor.history.layers) == {"net.0", "net.2", "net.5", "net.7"}
 
 
+def test_wrapper_modules_do_not_appear_in_layer_names() -> None:
+    """FSDP (1) and activation checkpointing hold the wrapped module under these attribute names;
+    a layer keeps the name the user gave it."""
+
+    class Wrapper(nn.Module):
+        def __init__(self, attribute: str, module: nn.Module) -> None:
+            super().__init__()
+            setattr(self, attribute, module)
+
+    inner = nn.Sequential(nn.Linear(20, 40), nn.ReLU(), nn.Linear(40, 30))
+    inner[2] = Wrapper("_checkpoint_wrapped_module", inner[2])
+    model = nn.Sequential(Wrapper("_fsdp_wrapped_module", inner))
+    report = analyze(model, min_evals=5)
+    assert [layer.name for layer in report.layers] == ["0.0", "0.2"]
+
+
 def test_layers_added_removed_and_reshaped_between_analyses() -> None:
     model = nn.Sequential(nn.Linear(20, 40), nn.ReLU(), nn.Linear(40, 30))
     tracker = SpectralTracker(every_n_steps=1, mode="sync")

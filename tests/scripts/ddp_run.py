@@ -1,34 +1,54 @@
-"""A 2-process DDP run on CPU (gloo) with SpectralMonitor; each rank writes what it saw.
+"""A 2-process run on CPU (gloo) with SpectralMonitor; each rank writes what it saw.
 
-    python tests/scripts/ddp_run.py OUT_DIR [stop_below]
+    python tests/scripts/ddp_run.py OUT_DIR [--stop-below X] [--strategy ddp|fsdp2] [--slow-rank R]
 
-Lightning's DDP launcher re-runs this script for rank 1. Each rank writes OUT_DIR/rank{r}.json
-with its history, stop state and callback metric; rank 0 also saves the final weights.
+``ddp`` is Lightning's DDP; ``fsdp2`` is Lightning's ModelParallelStrategy with every layer sharded
+by ``fully_shard``, so the weights are DTensors. ``--slow-rank R`` makes rank R sleep after every
+batch, so the ranks reach each collective at different times. Lightning's launcher re-runs this
+script for rank 1. Each rank writes OUT_DIR/rank{r}.json with its history, stop state and callback
+metric; rank 0 also saves the final (full) weights.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.strategies import ModelParallelStrategy
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lightning_helpers import ConvNet, RandomLabelMLP, image_loader, random_label_loader
+from lightning_helpers import (
+    ConvNet,
+    RandomLabelMLP,
+    ShardedConvNet,
+    image_loader,
+    random_label_loader,
+)
 
 from spectral_monitor import SpectralMonitor
 
 
 class Dump(L.Callback):
-    def __init__(self, out: Path, monitor: SpectralMonitor) -> None:
-        self.out, self.monitor = out, monitor
+    def __init__(self, out: Path, monitor: SpectralMonitor, slow_rank: int | None) -> None:
+        self.out, self.monitor, self.slow_rank = out, monitor, slow_rank
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.global_rank == self.slow_rank:
+            time.sleep(0.02)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.monitor.on_train_end(trainer, pl_module)  # make sure everything is taken in
         metric = trainer.callback_metrics.get("spectral/alpha_mean")
+        layers = [
+            m for m in pl_module.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))
+        ]
         data = {
             "rank": trainer.global_rank,
             "global_step": trainer.global_step,
@@ -37,35 +57,48 @@ class Dump(L.Callback):
             "should_stop": bool(trainer.should_stop),
             "alpha_mean_metric": None if metric is None else float(metric),
             "snapshot_bytes": self.monitor.tracker.last_snapshot_bytes,
-            "weight_bytes": sum(
-                4 * m.weight.numel()
-                for m in pl_module.modules()
-                if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))
-            ),
+            "weight_bytes": sum(4 * m.weight.numel() for m in layers),
+            "sharded": any(hasattr(m.weight, "full_tensor") for m in layers),
             "skipped": self.monitor.tracker.num_skipped,
         }
         (self.out / f"rank{trainer.global_rank}.json").write_text(json.dumps(data))
+        # A DTensor's full value is a collective: every rank gathers, rank 0 saves.
+        state = {
+            k: v.full_tensor() if hasattr(v, "full_tensor") else v
+            for k, v in pl_module.state_dict().items()
+        }
         if trainer.global_rank == 0:
-            torch.save(pl_module.state_dict(), self.out / "final.pt")
+            torch.save(state, self.out / "final.pt")
 
 
 def main() -> None:
-    out = Path(sys.argv[1])
-    stop_below = float(sys.argv[2]) if len(sys.argv) > 2 else None
-    out.mkdir(parents=True, exist_ok=True)
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--stop-below", type=float, default=None)
+    parser.add_argument("--strategy", choices=("ddp", "fsdp2"), default="ddp")
+    parser.add_argument("--slow-rank", type=int, default=None)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(0, verbose=False)
-    if stop_below is None:
-        model, loader, max_steps = ConvNet(), image_loader(), 30
+    model: L.LightningModule
+    if args.stop_below is None:
+        model = ShardedConvNet() if args.strategy == "fsdp2" else ConvNet()
+        loader, max_steps = image_loader(), 30
     else:
         model, loader, max_steps = RandomLabelMLP(lr=0.2), random_label_loader(), 400
-    monitor = SpectralMonitor(every_n_steps=10, min_evals=5, stop_below=stop_below, stop_patience=2)
+    strategy: Any = "ddp"
+    if args.strategy == "fsdp2":
+        strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
+    monitor = SpectralMonitor(
+        every_n_steps=10, min_evals=5, stop_below=args.stop_below, stop_patience=2
+    )
     trainer = L.Trainer(
         accelerator="cpu",
         devices=2,
-        strategy="ddp",
+        strategy=strategy,
         max_steps=max_steps,
-        callbacks=[monitor, Dump(out, monitor)],
-        logger=TensorBoardLogger(out, name="tb", version=0),
+        callbacks=[monitor, Dump(args.out, monitor, args.slow_rank)],
+        logger=TensorBoardLogger(args.out, name="tb", version=0),
         enable_progress_bar=False,
         enable_model_summary=False,
         enable_checkpointing=False,
