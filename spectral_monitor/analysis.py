@@ -15,7 +15,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -33,7 +32,7 @@ from spectral_monitor.layers import (
     weight_matrices,
 )
 from spectral_monitor.metrics import layer_metrics, verdict
-from spectral_monitor.powerlaw_fit import fit_power_law_batched
+from spectral_monitor.powerlaw_fit import fit_power_law_table
 from spectral_monitor.report import LayerSpectrum, SpectralReport
 from spectral_monitor.sharded_weights import full_parameters, full_weight, is_sharded
 
@@ -206,18 +205,25 @@ def snapshot_state_dict(
     ]
 
 
-def _check_weight(snap: LayerSnapshot, config: AnalysisConfig) -> str | None:
-    count, _rows, cols = matrix_shape(snap.shape, config.conv2d)
-    if count * cols < config.min_evals:
-        return f"{count * cols} eigenvalues < min_evals={config.min_evals}"
-    assert snap.weight is not None
-    # One pass: NaN propagates into both extremes, ±Inf shows in one, all-zero means both are 0.
-    lo, hi = (float(v) for v in torch.aminmax(snap.weight))
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        return "non-finite weights (NaN or Inf)"
-    if lo == 0.0 and hi == 0.0:
-        return "all-zero weights"
-    return None
+def _weight_problems(snaps: list[LayerSnapshot]) -> list[str | None]:
+    """Why each weight cannot be analysed (NaN/Inf, all zeros), or None; one host transfer per
+    device for all of them, not one per layer."""
+    out: list[str | None] = [None] * len(snaps)
+    by_device: dict[torch.device, list[int]] = {}
+    for k, snap in enumerate(snaps):
+        assert snap.weight is not None
+        by_device.setdefault(snap.weight.device, []).append(k)
+    for members in by_device.values():
+        # NaN propagates into both extremes, ±Inf shows in one, all-zero means both are 0.
+        extremes = torch.stack(
+            [torch.stack(torch.aminmax(snaps[k].weight)) for k in members]  # type: ignore[arg-type]
+        )
+        for k, (lo, hi) in zip(members, extremes.cpu().tolist(), strict=True):
+            if not (math.isfinite(lo) and math.isfinite(hi)):
+                out[k] = "non-finite weights (NaN or Inf)"
+            elif lo == 0.0 and hi == 0.0:
+                out[k] = "all-zero weights"
+    return out
 
 
 def analyze_snapshot(
@@ -227,20 +233,33 @@ def analyze_snapshot(
 
     A layer that cannot be analysed (too few eigenvalues, NaN/Inf or all-zero weights, solver
     failure, no valid fit) is kept in the report with ``skipped`` set to the reason.
+
+    On a GPU the host waits for the device a fixed number of times, whatever the number of
+    layers: the weight checks, the solver's convergence check (once per shape), the fit's input
+    checks, and one transfer that brings every eigenvalue and every fit to the host together.
     """
     start = time.perf_counter()
     rows: list[LayerSpectrum] = []
-    todo: list[tuple[int, LayerSnapshot]] = []
+    sized: list[tuple[int, LayerSnapshot]] = []
     for snap in snapshot:
         layer = LayerSpectrum(name=snap.name, kind=snap.kind, shape=snap.shape)
         rows.append(layer)
-        layer.skipped = snap.skipped or _check_weight(snap, config)
+        layer.skipped = snap.skipped
         if layer.skipped is None:
-            todo.append((len(rows) - 1, snap))
+            count, _rows, cols = matrix_shape(snap.shape, config.conv2d)
+            if count * cols < config.min_evals:
+                layer.skipped = f"{count * cols} eigenvalues < min_evals={config.min_evals}"
+            else:
+                sized.append((len(rows) - 1, snap))
+    todo = []
+    for (k, snap), problem in zip(sized, _weight_problems([s for _, s in sized]), strict=True):
+        rows[k].skipped = problem
+        if problem is None:
+            todo.append((k, snap))
 
     stacks = [weight_matrices(snap.weight, config.conv2d) for _, snap in todo]  # type: ignore[arg-type]
     spectra = batched_eigenvalues(stacks, config.precision)
-    good: list[tuple[int, LayerSnapshot, torch.Tensor]] = []
+    good: list[tuple[int, torch.Tensor]] = []
     for (k, snap), stack, evals in zip(todo, stacks, spectra, strict=True):
         if isinstance(evals, EigenError):
             rows[k].skipped = f"eigensolver failed: {evals}"
@@ -249,15 +268,20 @@ def analyze_snapshot(
         if config.normalize:
             scale /= snap.shape[0]
         rows[k].Q = stack.shape[1] / stack.shape[2]
-        good.append((k, snap, torch.sort(evals.reshape(-1) * scale).values))
+        good.append((k, torch.sort(evals.reshape(-1) * scale).values))
 
-    fits = fit_power_law_batched([evals for _, _, evals in good])
-    host = torch.cat([evals for _, _, evals in good]).cpu().numpy() if good else np.empty(0)
-    offset = 0
-    for (k, _, evals), fit in zip(good, fits, strict=True):
+    # Every eigenvalue and every fit come to the host in one transfer (spectra of layers on
+    # another device, rare, first join the first one's: they are small).
+    device = good[0][1].device if good else torch.device("cpu")
+    spectra_dev = [evals.to(device) for _, evals in good]
+    fits = fit_power_law_table(spectra_dev, device)
+    host = torch.cat([*spectra_dev, fits.table.reshape(-1)]).cpu()
+    sizes = [evals.numel() for evals in spectra_dev]
+    *spectra_host, table = torch.split(host, [*sizes, fits.table.numel()])
+    results = fits.results(table.reshape(fits.table.shape))
+    for (k, _), evals_host, fit in zip(good, spectra_host, results, strict=True):
         layer = rows[k]
-        layer_evals = host[offset : offset + evals.numel()]
-        offset += evals.numel()
+        layer_evals = evals_host.numpy()
         layer.evals = layer_evals
         layer.num_evals = int(layer_evals.size)
         for key, value in layer_metrics(layer_evals, fit).items():

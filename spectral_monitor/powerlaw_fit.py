@@ -23,7 +23,13 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["PowerLawFit", "fit_power_law", "fit_power_law_batched"]
+__all__ = [
+    "FitTable",
+    "PowerLawFit",
+    "fit_power_law",
+    "fit_power_law_batched",
+    "fit_power_law_table",
+]
 
 # Elements of one (batch × candidates × tail) KS tile. On a CPU 2**16 float64 values (512 KiB) stay
 # in cache, and a fresh multi-MiB buffer per operation costs more in page faults than in math; on a
@@ -86,23 +92,41 @@ def _as_float64_tensor(values: Any) -> torch.Tensor:
     return torch.as_tensor(np.asarray(values, dtype=np.float64).reshape(-1))
 
 
-def _prepare(values: Any) -> tuple[torch.Tensor, str | None]:
-    """Sorted positive float64 values, or an empty tensor and the reason they cannot be fitted.
+def _prepare(values: Sequence[Any], device: torch.device) -> list[tuple[torch.Tensor, str | None]]:
+    """Sorted positive float64 values of each input on ``device``, or the reason it cannot be
+    fitted (then the tensor is empty, or holds the positive values when there are < 2 distinct).
 
     Zeros are dropped: a rank-deficient matrix has exact zero eigenvalues that carry no tail
     information. Negative, NaN or infinite values mean the input is not a spectrum: no fit.
+    The checks of all inputs come to the host in one transfer.
     """
-    x = _as_float64_tensor(values)
-    if x.numel() == 0:
-        return x, "no values"
-    if not bool(torch.isfinite(x).all()):
-        return x[:0], "non-finite values (NaN or Inf)"
-    if bool((x < 0).any()):
-        return x[:0], "negative values"
-    x = torch.sort(x[x > 0]).values
-    if x.numel() < 2 or bool(x[0] == x[-1]):
-        return x, "fewer than 2 distinct positive values"
-    return x, None
+    xs = [torch.sort(_as_float64_tensor(v).to(device)).values for v in values]
+    full = [k for k, x in enumerate(xs) if x.numel() > 0]
+    stats = torch.zeros((len(xs), 4), dtype=torch.float64)
+    if full:
+        rows = []
+        for k in full:
+            x = xs[k]
+            positive = x > 0
+            smallest = torch.where(positive, x, torch.full_like(x, math.inf)).amin()
+            rows.append(
+                torch.stack(
+                    [(~torch.isfinite(x)).any(), (x < 0).any(), positive.sum(), x[-1] > smallest]
+                ).to(torch.float64)
+            )
+        stats[full] = torch.stack(rows).cpu()
+    out: list[tuple[torch.Tensor, str | None]] = []
+    for x, (nonfinite, negative, count, distinct) in zip(xs, stats.tolist(), strict=True):
+        if x.numel() == 0:
+            out.append((x, "no values"))
+        elif nonfinite:
+            out.append((x[:0], "non-finite values (NaN or Inf)"))
+        elif negative:
+            out.append((x[:0], "negative values"))
+        else:
+            x = x[x.numel() - int(count) :]
+            out.append((x, None if distinct else "fewer than 2 distinct positive values"))
+    return out
 
 
 def _fit_padded(
@@ -302,6 +326,86 @@ def _pruned_distances(
     return D
 
 
+@dataclass(frozen=True)
+class FitTable:
+    """Fits of several spectra as one device tensor, for callers that bring results to the host
+    together with other data in a single transfer (see :meth:`results`).
+
+    Attributes:
+        table: (count, 5) float64 on the compute device, columns alpha, xmin, D, sigma, n_tail;
+            NaN rows (and n_tail 0) where there is no fit.
+        num_values: per input, the number of positive values that entered the fit.
+        reasons: per input, None or why there is no fit.
+    """
+
+    table: torch.Tensor
+    num_values: list[int]
+    reasons: list[str | None]
+
+    def results(self, host_table: torch.Tensor | None = None) -> list[PowerLawFit]:
+        """One :class:`PowerLawFit` per input, from ``table`` or its copy already on the host."""
+        rows = (self.table.cpu() if host_table is None else host_table).tolist()
+        out = []
+        for (alpha, xmin, D, sigma, n_tail), count, reason in zip(
+            rows, self.num_values, self.reasons, strict=True
+        ):
+            if reason is not None:
+                out.append(PowerLawFit.failed(reason, count))
+            else:
+                out.append(PowerLawFit(alpha, xmin, D, sigma, int(n_tail), count))
+        return out
+
+
+def fit_power_law_table(
+    values: Sequence[Any],
+    device: torch.device | str | None = None,
+    batch: bool | None = None,
+) -> FitTable:
+    """:func:`fit_power_law_batched`, with the results left on the compute device.
+
+    Args:
+        values: 1-D arrays or tensors, as for :func:`fit_power_law_batched`.
+        device: where to compute, as for :func:`fit_power_law_batched`.
+        batch: fit all spectra in one padded batch (one launch sequence, the default off the
+            CPU), or one at a time with candidate pruning (the default on a CPU, where the
+            single-row tile stays in cache and nothing is spent on padding). Same results.
+
+    There is one small transfer to the host, for the input checks of all spectra; the results
+    stay on the device.
+    """
+    if device is None:
+        first_tensor = next((v for v in values if isinstance(v, torch.Tensor)), None)
+        device = first_tensor.device if first_tensor is not None else torch.device("cpu")
+    device = torch.device(device)
+    prepared = _prepare(values, device)
+    table = torch.full((len(prepared), 5), math.nan, dtype=torch.float64, device=device)
+    table[:, 4] = 0.0
+    todo = [k for k, (_, reason) in enumerate(prepared) if reason is None]
+    if batch is None:
+        batch = device.type != "cpu"
+    groups = [todo] if batch else [[k] for k in todo]
+    for group in groups:
+        if not group:
+            continue
+        sizes = [prepared[k][0].numel() for k in group]
+        lengths = torch.tensor(sizes, device=device)
+        padded = torch.empty((len(group), max(sizes)), dtype=torch.float64, device=device)
+        for row, k in enumerate(group):
+            x = prepared[k][0]
+            padded[row, : x.numel()] = x
+            padded[row, x.numel() :] = x[-1]
+        fitted = torch.stack([t.to(torch.float64) for t in _fit_padded(padded, lengths)], dim=1)
+        if len(group) == 1:
+            table[group[0]] = fitted[0]
+        else:
+            table[torch.tensor(group, device=device)] = fitted
+    return FitTable(
+        table=table,
+        num_values=[int(x.numel()) for x, _ in prepared],
+        reasons=[reason for _, reason in prepared],
+    )
+
+
 def fit_power_law_batched(
     values: Sequence[Any], device: torch.device | str | None = None
 ) -> list[PowerLawFit]:
@@ -315,37 +419,7 @@ def fit_power_law_batched(
         One :class:`PowerLawFit` per input, in order. Inputs that cannot be fitted (see
         :func:`fit_power_law`) get NaN fields and a reason; they never raise.
     """
-    prepared = [_prepare(v) for v in values]
-    if device is None:
-        first_tensor = next((v for v in values if isinstance(v, torch.Tensor)), None)
-        device = first_tensor.device if first_tensor is not None else torch.device("cpu")
-    device = torch.device(device)
-    results: list[PowerLawFit | None] = [None] * len(prepared)
-    todo: list[int] = []
-    for k, (x, reason) in enumerate(prepared):
-        if reason is not None:
-            results[k] = PowerLawFit.failed(reason, int(x.numel()))
-        else:
-            todo.append(k)
-    # On a CPU one row at a time keeps the tile in cache and wastes nothing on padding; on a GPU
-    # one padded batch is one launch sequence and one host transfer.
-    groups = [todo] if device.type != "cpu" else [[k] for k in todo]
-    for group in groups:
-        if not group:
-            continue
-        lengths = torch.tensor([prepared[k][0].numel() for k in group], device=device)
-        padded = torch.empty((len(group), int(lengths.max())), dtype=torch.float64, device=device)
-        for row, k in enumerate(group):
-            x = prepared[k][0].to(device)
-            padded[row, : x.numel()] = x
-            padded[row, x.numel() :] = x[-1]
-        fitted = torch.stack(
-            [t.to(torch.float64) for t in _fit_padded(padded, lengths)] + [lengths.double()]
-        ).cpu()
-        for row, k in enumerate(group):
-            alpha, xmin, D, sigma, n_tail, count = fitted[:, row].tolist()
-            results[k] = PowerLawFit(alpha, xmin, D, sigma, int(n_tail), int(count))
-    return [r for r in results if r is not None]
+    return fit_power_law_table(values, device).results()
 
 
 def fit_power_law(values: Any) -> PowerLawFit:

@@ -25,6 +25,7 @@ from spectral_monitor.powerlaw_fit import (
     _fit_padded,
     fit_power_law,
     fit_power_law_batched,
+    fit_power_law_table,
 )
 
 SEED = 20240601
@@ -277,10 +278,12 @@ def _mixed_spectra() -> list[np.ndarray]:
     return spectra
 
 
-def test_batched_equals_one_by_one():
+@pytest.mark.parametrize("batch", [None, True], ids=["default", "padded-batch"])
+def test_batched_equals_one_by_one(batch: bool | None):
+    """Also the padded batch that GPUs use, with invalid inputs spread among valid ones."""
     spectra = _mixed_spectra()
     assert len(spectra) == 30
-    batched = fit_power_law_batched(spectra)
+    batched = fit_power_law_table(spectra, batch=batch).results()
     assert len(batched) == len(spectra)
     assert sum(r.ok for r in batched) == 24
     for k, (x, got) in enumerate(zip(spectra, batched, strict=True)):
