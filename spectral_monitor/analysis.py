@@ -18,7 +18,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from spectral_monitor.eigen import PRECISIONS, EigenError, Precision, batched_eigenvalues
+from spectral_monitor.eigen import (
+    PRECISIONS,
+    EigenError,
+    Precision,
+    batched_eigenvalues,
+    peak_work_bytes,
+)
 from spectral_monitor.layers import (
     CONV2D_MODES,
     Conv2dMode,
@@ -32,7 +38,7 @@ from spectral_monitor.layers import (
     weight_matrices,
 )
 from spectral_monitor.metrics import layer_metrics, verdict
-from spectral_monitor.powerlaw_fit import fit_power_law_table
+from spectral_monitor.powerlaw_fit import fit_power_law_table, fit_work_bytes
 from spectral_monitor.report import LayerSpectrum, SpectralReport
 from spectral_monitor.sharded_weights import full_parameters, full_weight, is_sharded
 
@@ -115,7 +121,8 @@ class AnalysisConfig:
 
 @dataclass
 class LayerSnapshot:
-    """One layer's weight at one moment: a float32 tensor, or None and the reason there is none."""
+    """One layer's weight at one moment: a float32 (or bf16/fp16, see :func:`snapshot_dtype`)
+    tensor, or None and the reason there is none."""
 
     name: str
     kind: str
@@ -127,6 +134,12 @@ class LayerSnapshot:
     def nbytes(self) -> int:
         """Bytes held by the weight copy."""
         return 0 if self.weight is None else self.weight.numel() * self.weight.element_size()
+
+
+def snapshot_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a weight is copied in: bf16 and fp16 stay as they are (half the memory of
+    float32; the solver upcasts them exactly, a chunk at a time), anything else is float32."""
+    return dtype if dtype in (torch.bfloat16, torch.float16) else torch.float32
 
 
 def _snapshot_layer(
@@ -143,7 +156,7 @@ def _snapshot_layer(
         return LayerSnapshot(name, kind, shape, None, f"unsupported weight shape {shape}")
     device = config.device if config.device is not None else weight.device
     # detach() alone shares storage, and the next optimizer step would change the snapshot.
-    w = weight.detach().to(device=device, dtype=torch.float32, copy=copy)
+    w = weight.detach().to(device=device, dtype=snapshot_dtype(weight.dtype), copy=copy)
     return LayerSnapshot(name, kind, shape, w)
 
 
@@ -155,7 +168,8 @@ def take_snapshot(
     only: set[str] | None = None,
     root: nn.Module | None = None,
 ) -> list[LayerSnapshot]:
-    """Float32 copies of the selected layers' weights (on ``config.device`` or the weight's own).
+    """Copies of the selected layers' weights in :func:`snapshot_dtype` (float32, or the
+    weight's own bf16/fp16), on ``config.device`` or the weight's own device.
 
     Sharded weights are read whole: a DTensor (FSDP2, tensor parallel) is gathered layer by
     layer, and a model wrapped in FSDP (1) is read inside ``summon_full_params``. Both are
@@ -184,7 +198,7 @@ def take_snapshot(
                 continue
             kind = layer_kind(module) or type(module).__name__
             if max_bytes is not None and isinstance(weight, torch.Tensor) and not weight.is_meta:
-                need = weight.numel() * 4
+                need = weight.numel() * snapshot_dtype(weight.dtype).itemsize
                 if held + need > max_bytes:
                     reason = f"snapshot budget max_snapshot_bytes={max_bytes} exceeded"
                     snapshot.append(LayerSnapshot(name, kind, tuple(weight.shape), None, reason))
@@ -279,6 +293,10 @@ def analyze_snapshot(
     sizes = [evals.numel() for evals in spectra_dev]
     *spectra_host, table = torch.split(host, [*sizes, fits.table.numel()])
     results = fits.results(table.reshape(fits.table.shape))
+    memory = sum(snap.nbytes for snap in snapshot) + max(
+        peak_work_bytes(stacks, config.precision),
+        fit_work_bytes([evals.numel() for evals in spectra_dev], device),
+    )
     for (k, _), evals_host, fit in zip(good, spectra_host, results, strict=True):
         layer = rows[k]
         layer_evals = evals_host.numpy()
@@ -296,6 +314,7 @@ def analyze_snapshot(
         precision=config.precision,
         step=step,
         seconds=time.perf_counter() - start,
+        memory_bytes=memory,
     )
 
 

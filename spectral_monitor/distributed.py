@@ -52,7 +52,7 @@ def assign_layers(model: nn.Module, config: AnalysisConfig, world_size: int) -> 
 
 def merge_reports(parts: Sequence[SpectralReport], order: Sequence[str]) -> SpectralReport:
     """One report from the ranks' partial reports, layers in ``order`` (names absent from every
-    part are left out); ``seconds`` is the slowest rank's."""
+    part are left out); ``seconds`` and ``memory_bytes`` are the largest rank's."""
     by_name = {layer.name: layer for part in parts for layer in part.layers}
     first = parts[0]
     return SpectralReport(
@@ -62,6 +62,7 @@ def merge_reports(parts: Sequence[SpectralReport], order: Sequence[str]) -> Spec
         precision=first.precision,
         step=first.step,
         seconds=max(part.seconds for part in parts),
+        memory_bytes=max(part.memory_bytes for part in parts),
     )
 
 

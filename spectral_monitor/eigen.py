@@ -15,35 +15,89 @@ zeros rather than rounding noise (which can even be negative).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Literal
 
 import torch
 
-__all__ = ["PRECISIONS", "EigenError", "batched_eigenvalues", "eigenvalues"]
+__all__ = [
+    "PRECISIONS",
+    "EigenError",
+    "batched_eigenvalues",
+    "eigenvalues",
+    "peak_work_bytes",
+    "work_bytes",
+]
 
 PRECISIONS = ("float32", "float64")
 Precision = Literal["float32", "float64"]
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
+# Largest upcast piece of a weight not in the compute dtype (bf16 snapshot, float64 precision).
+_CHUNK_BYTES = 1 << 25  # 32 MiB
+# Largest Gram buffer of one batched solver call; a same-shape group above it is split.
+_GROUP_BYTES = 1 << 28  # 256 MiB
 
 
 class EigenError(RuntimeError):
     """Raised when neither the eigensolver nor the float64 SVD fallback produced eigenvalues."""
 
 
-def _gram_eigenvalues(mats: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+def _gram_into(m: torch.Tensor, out: torch.Tensor) -> None:
+    """``out = mᵀm`` in ``out``'s dtype, for a (count, rows, cols) stack of any float dtype.
+
+    A stack already in the compute dtype goes through one batched matmul. Another dtype (a bf16
+    snapshot, float64 precision) is upcast ``_CHUNK_BYTES`` at a time and accumulated, so the
+    upcast copy of a large weight never exists whole.
+    """
+    count, rows, cols = m.shape
+    dtype = out.dtype
+    if m.dtype == dtype:
+        torch.matmul(m.mT, m, out=out)
+        return
+    if m.numel() * _itemsize(dtype) <= _CHUNK_BYTES:
+        work = m.to(dtype)
+        torch.matmul(work.mT, work, out=out)
+        return
+    step = max(1, _CHUNK_BYTES // (cols * _itemsize(dtype)))
+    out.zero_()
+    for i in range(count):
+        for r0 in range(0, rows, step):
+            part = m[i, r0 : r0 + step].to(dtype)
+            out[i].addmm_(part.mT, part)
+            del part  # before the next chunk is made: one chunk alive, not two
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def work_bytes(shape: tuple[int, int, int], dtype: torch.dtype, weight_dtype: torch.dtype) -> int:
+    """Bytes one layer of ``(count, rows, cols)`` matrices adds while its eigenvalues are
+    computed: its Gram matrices, the solver's workspace (counted as one more Gram: LAPACK's and
+    cuSOLVER's symmetric eigensolvers need O(cols²) per matrix) and, when the weight is not in
+    the compute dtype, the upcast chunk."""
+    count, rows, cols = shape
+    size = _itemsize(dtype)
+    gram = 2 * count * cols * cols * size
+    if weight_dtype == dtype:
+        return gram
+    return gram + min(count * rows * cols * size, max(_CHUNK_BYTES, cols * size))
+
+
+def _gram_eigenvalues(
+    mats: torch.Tensor | Sequence[torch.Tensor], dtype: torch.dtype
+) -> torch.Tensor:
     """eigvalsh of the Gram matrices of one stack, or of several same-shape stacks whose Grams
-    are written into one buffer (only the small cols×cols matrices are copied, never the
-    weights), so that one batched solver call serves them all."""
-    if isinstance(mats, torch.Tensor):
-        return torch.linalg.eigvalsh(mats.mT @ mats)
-    first = mats[0]
+    are written into one buffer (only the small cols×cols matrices are written, never a copy of
+    the weights), so that one batched solver call serves them all."""
+    stacks = [mats] if isinstance(mats, torch.Tensor) else list(mats)
+    first = stacks[0]
     cols = first.shape[-1]
-    total = sum(m.shape[0] for m in mats)
-    gram = torch.empty((total, cols, cols), dtype=first.dtype, device=first.device)
+    total = sum(m.shape[0] for m in stacks)
+    gram = torch.empty((total, cols, cols), dtype=dtype, device=first.device)
     start = 0
-    for m in mats:
-        torch.matmul(m.mT, m, out=gram[start : start + m.shape[0]])
+    for m in stacks:
+        _gram_into(m.detach(), gram[start : start + m.shape[0]])
         start += m.shape[0]
     return torch.linalg.eigvalsh(gram)
 
@@ -59,8 +113,9 @@ def eigenvalues(
     """Eigenvalues of WᵀW for a stack of same-shape matrices.
 
     Args:
-        mats: (count, rows, cols) with rows >= cols, any float dtype (bf16/fp16 are upcast); or
-            a sequence of such stacks of one shape, solved together as if concatenated.
+        mats: (count, rows, cols) with rows >= cols, any float dtype (bf16/fp16 are upcast, a
+            chunk at a time); or a sequence of such stacks of one shape, solved together as if
+            concatenated.
         precision: compute dtype, ``"float32"`` (fast) or ``"float64"``.
 
     Returns:
@@ -73,13 +128,11 @@ def eigenvalues(
     """
     dtype = _DTYPES[precision]
     stacks = [mats] if isinstance(mats, torch.Tensor) else list(mats)
-    work_list = [m.detach().to(dtype) for m in stacks]
-    work: torch.Tensor | list[torch.Tensor] = work_list[0] if len(work_list) == 1 else work_list
     try:
-        evals = _gram_eigenvalues(work)
+        evals = _gram_eigenvalues(stacks, dtype)
     except RuntimeError as first_error:  # torch.linalg.LinAlgError is a RuntimeError
         try:
-            evals = torch.cat([_svd_eigenvalues(m) for m in work_list])
+            evals = torch.cat([_svd_eigenvalues(m) for m in stacks])
         except RuntimeError as second_error:
             raise EigenError(
                 f"eigensolver failed ({first_error}); float64 SVD fallback failed ({second_error})"
@@ -91,6 +144,46 @@ def eigenvalues(
     return torch.where(evals > tolerance, evals, torch.zeros_like(evals))
 
 
+def _split_by_budget(
+    groups: Iterable[list[int]], stacks: Sequence[torch.Tensor], dtype: torch.dtype
+) -> list[list[int]]:
+    """Each same-shape group cut into consecutive runs whose Grams take <= ``_GROUP_BYTES``
+    (a single layer bigger than that is a run of its own)."""
+    runs: list[list[int]] = []
+    for members in groups:
+        run: list[int] = []
+        held = 0
+        for k in members:
+            count, _rows, cols = stacks[k].shape
+            need = count * cols * cols * _itemsize(dtype)
+            if run and held + need > _GROUP_BYTES:
+                runs.append(run)
+                run, held = [], 0
+            run.append(k)
+            held += need
+        runs.append(run)
+    return runs
+
+
+def peak_work_bytes(stacks: Sequence[torch.Tensor], precision: Precision = "float32") -> int:
+    """Bytes :func:`batched_eigenvalues` holds at most beyond its inputs, for these stacks: the
+    largest solver call's Grams and workspace (see :func:`work_bytes`), plus its upcast chunk."""
+    dtype = _DTYPES[precision]
+    shapes: dict[tuple[torch.device, tuple[int, int]], list[int]] = {}
+    for k, stack in enumerate(stacks):
+        shapes.setdefault((stack.device, tuple(stack.shape[1:])), []).append(k)
+    peak = 0
+    for run in _split_by_budget(shapes.values(), stacks, dtype):
+        grams = sum(work_bytes(tuple(stacks[k].shape), dtype, dtype) for k in run)
+        chunk = max(
+            work_bytes(tuple(stacks[k].shape), dtype, stacks[k].dtype)
+            - work_bytes(tuple(stacks[k].shape), dtype, dtype)
+            for k in run
+        )
+        peak = max(peak, grams + chunk)
+    return peak
+
+
 def batched_eigenvalues(
     stacks: Sequence[torch.Tensor], precision: Precision = "float32"
 ) -> list[torch.Tensor | EigenError]:
@@ -100,16 +193,20 @@ def batched_eigenvalues(
         stacks: one (count_i, rows_i, cols_i) tensor per layer.
         precision: see :func:`eigenvalues`.
 
+    Same-shape layers share one solver call as long as their Grams fit ``_GROUP_BYTES``; a
+    bigger group (32 blocks of an LLM's 4096x11008 projections: 2 GiB of float32 Grams) is
+    solved in several calls, so the working memory stays bounded whatever the model size.
+
     Returns:
         One (count_i, cols_i) float64 tensor per layer, in input order. A shape group whose solve
         fails is retried layer by layer, so one bad layer cannot take its neighbours down; a layer
         that still fails gets its :class:`EigenError` in its slot instead of a tensor.
     """
-    groups: dict[tuple[torch.device, tuple[int, int]], list[int]] = {}
+    shapes: dict[tuple[torch.device, tuple[int, int]], list[int]] = {}
     for k, stack in enumerate(stacks):
-        groups.setdefault((stack.device, tuple(stack.shape[1:])), []).append(k)
+        shapes.setdefault((stack.device, tuple(stack.shape[1:])), []).append(k)
     out: list[torch.Tensor | EigenError] = [EigenError("not computed")] * len(stacks)
-    for members in groups.values():
+    for members in _split_by_budget(shapes.values(), stacks, _DTYPES[precision]):
         try:
             evals = eigenvalues([stacks[k] for k in members], precision)
         except EigenError:

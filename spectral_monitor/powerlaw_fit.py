@@ -29,6 +29,7 @@ __all__ = [
     "fit_power_law",
     "fit_power_law_batched",
     "fit_power_law_table",
+    "fit_work_bytes",
 ]
 
 # Elements of one (batch × candidates × tail) KS tile. On a CPU 2**16 float64 values (512 KiB) stay
@@ -404,6 +405,19 @@ def fit_power_law_table(
         num_values=[int(x.numel()) for x, _ in prepared],
         reasons=[reason for _, reason in prepared],
     )
+
+
+def fit_work_bytes(lengths: Sequence[int], device: torch.device | str = "cpu") -> int:
+    """Bytes the fit of spectra of these lengths holds at most: its KS tile (bounded by
+    ``_TILE_ELEMENTS_*``) and a dozen (rows × n) float64 work arrays."""
+    if not lengths:
+        return 0
+    device = torch.device(device)
+    batch = len(lengths) if device.type != "cpu" else 1
+    n = max(lengths)
+    budget = _TILE_ELEMENTS_CPU if device.type == "cpu" else _TILE_ELEMENTS_GPU
+    tile = min(batch * n * n, max(budget, batch * n))
+    return 8 * (tile + 12 * batch * n)
 
 
 def fit_power_law_batched(

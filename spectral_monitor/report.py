@@ -75,6 +75,10 @@ class SpectralReport:
         precision: compute precision of the eigensolver.
         step: the training step of the weights (None outside training).
         seconds: wall-clock seconds the analysis took.
+        memory_bytes: the most memory the analysis held beyond the model, in bytes, on the
+            compute device: the weight snapshot, the largest solver call's Grams and workspace,
+            the upcast chunk and the fit's tile (an account of what it allocates; on CUDA
+            ``benchmarks/gpu_check.py`` compares it with the allocator's peak). 0 if unknown.
     """
 
     layers: list[LayerSpectrum]
@@ -83,6 +87,7 @@ class SpectralReport:
     precision: str = "float32"
     step: int | None = None
     seconds: float = math.nan
+    memory_bytes: int = 0
 
     @property
     def fitted(self) -> list[LayerSpectrum]:
@@ -117,8 +122,9 @@ class SpectralReport:
     def scalars(self, prefix: str = "spectral") -> dict[str, float]:
         """Scalars to log: ``{prefix}/alpha/<layer>``, ``{prefix}/lambda_max/<layer>`` for
         fitted layers, and ``{prefix}/alpha_mean``, ``alpha_hat``, ``alpha_min``,
-        ``frac_alpha_below_2``, ``num_skipped_layers``, ``analysis_seconds``. NaN values are left
-        out (loggers draw them as gaps or reject them)."""
+        ``frac_alpha_below_2``, ``num_skipped_layers``, ``analysis_seconds``,
+        ``analysis_memory_mb``. NaN values are left out (loggers draw them as gaps or reject
+        them)."""
         out: dict[str, float] = {}
         for la in self.fitted:
             out[f"{prefix}/alpha/{la.name}"] = float(la.alpha)
@@ -128,6 +134,8 @@ class SpectralReport:
             out[f"{prefix}/{key}"] = float(agg[key])
         out[f"{prefix}/num_skipped_layers"] = float(agg["num_skipped"])
         out[f"{prefix}/analysis_seconds"] = float(self.seconds)
+        if self.memory_bytes:
+            out[f"{prefix}/analysis_memory_mb"] = self.memory_bytes / 2**20
         return {k: v for k, v in out.items() if math.isfinite(v)}
 
     def layer(self, name: str) -> LayerSpectrum:
@@ -166,6 +174,7 @@ class SpectralReport:
             "normalize": self.normalize,
             "precision": self.precision,
             "seconds": clean(self.seconds),
+            "memory_bytes": self.memory_bytes,
             "aggregates": {k: clean(v) for k, v in self.aggregates.items()},
             "layers": [{k: clean(v) for k, v in row.items()} for row in self.to_rows()],
         }
