@@ -24,6 +24,7 @@ Run (a full run takes about 1.5 minutes on an idle 2-core machine, longer under 
     python benchmarks/analyze_vs_weightwatcher.py                 # 1 thread, then the default
     python benchmarks/analyze_vs_weightwatcher.py --threads 1 --repeat 5
     python benchmarks/analyze_vs_weightwatcher.py --quick         # small models: a smoke test
+    python benchmarks/analyze_vs_weightwatcher.py --large --threads default --repeat 1
 """
 
 from __future__ import annotations
@@ -118,8 +119,22 @@ def transformer_mlps(d_model: int = 768, depth: int = 12, seed: int = 0) -> nn.M
     return nn.Sequential(*layers)
 
 
-def build_models(quick: bool) -> dict[str, nn.Module]:
-    """The three benchmark models (smaller versions with ``quick``)."""
+def llm_mlp(d_model: int = 4096, hidden: int = 11008) -> nn.Module:
+    """A LLaMA-7B-sized MLP: gate and up projections d_model->hidden, down hidden->d_model."""
+    torch.manual_seed(3)
+    return nn.Sequential(
+        nn.Linear(d_model, hidden, bias=False),
+        nn.Linear(d_model, hidden, bias=False),
+        nn.Linear(hidden, d_model, bias=False),
+    )
+
+
+def build_models(quick: bool, large: bool = False) -> dict[str, nn.Module]:
+    """The three benchmark models (smaller versions with ``quick``), and with ``large`` a
+    LLaMA-7B MLP block (three 4096x11008 matrices)."""
+    if large:
+        hidden = 2752 if quick else 11008
+        return {f"(d) 3x 4096x{hidden}": llm_mlp(hidden=hidden)}
     if quick:
         return {
             "(a) VGG-11 w/16": vgg11(width=16),
@@ -340,6 +355,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--repeat", type=int, default=3, help="timed rounds; the best is kept")
     parser.add_argument("--quick", action="store_true", help="small models (smoke test)")
+    parser.add_argument(
+        "--large",
+        action="store_true",
+        help="only a LLaMA-7B MLP block, 3x 4096x11008 (minutes per round on a small CPU)",
+    )
     args = parser.parse_args(argv)
     if args.repeat < 1:
         parser.error("--repeat must be >= 1")
@@ -349,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error('--threads takes integers or "default"')
 
     ww = import_weightwatcher()
-    models = build_models(args.quick)
+    models = build_models(args.quick, args.large)
     print(
         f"torch {torch.__version__}, weightwatcher {getattr(ww, '__version__', '?')}, "
         f"default torch threads {torch.get_num_threads()}, "

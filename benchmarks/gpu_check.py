@@ -9,7 +9,10 @@ training step-time overhead of SpectralMonitor, printed as one table.
    against the CPU in float64; max relative |Δalpha| (target <= 1e-3), identical skip reasons.
 2. Speed: the full analysis of that model on the GPU, warm, median of 5 (target < 0.5 s), next to
    the bare batched eigensolver on the same matrices.
-3. Overhead: the same small transformer trained with and without the monitor
+3. Host syncs: synchronising CUDA calls in one analysis (``set_sync_debug_mode``) of 8 and of 48
+   layers, which must be equal; and large layers: a bf16 32000x4096 embedding-sized and
+   4096x11008 matrix, the allocator's peak extra memory against ``report.memory_bytes``.
+4. Overhead: the same small transformer trained with and without the monitor
    (every_n_steps=100), interleaved; median and p99 step time (target: overhead < 1 %), and the
    step times of the steps right after each snapshot, which would show a stalled training stream.
 
@@ -79,6 +82,49 @@ def time_analysis(model: nn.Module, repeat: int) -> dict[str, float]:
         torch.cuda.synchronize()
         floor.append(time.perf_counter() - start)
     return {"analysis_s": statistics.median(times), "eigensolver_s": statistics.median(floor)}
+
+
+def count_host_syncs(blocks: int) -> int:
+    """Synchronising CUDA calls during one analysis of ``blocks`` GPT-2-small blocks, counted by
+    ``torch.cuda.set_sync_debug_mode``; the count must not grow with the number of layers."""
+    model = gpt2_small_linears(blocks=blocks).cuda()
+    analyze(model)  # warm-up
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            analyze(model)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+def large_layer_memory(precision: str) -> dict[str, float]:
+    """A LLaMA-sized embedding (32000x4096) and MLP projection (4096x11008) in bf16: the CUDA
+    allocator's peak during analyze() over the memory held before, next to report.memory_bytes,
+    and the analysis time."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(4096, 32000, bias=False), nn.Linear(4096, 11008, bias=False)
+    ).to("cuda", torch.bfloat16)
+    analyze(model, precision=precision)  # warm-up
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    report = analyze(model, precision=precision)
+    torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated() - base
+    del model
+    torch.cuda.empty_cache()
+    return {
+        "peak_mib": peak / 2**20,
+        "account_mib": report.memory_bytes / 2**20,
+        "seconds": seconds,
+        "fitted": float(len(report.fitted)),
+    }
 
 
 class TinyGPT(L.LightningModule):
@@ -153,6 +199,23 @@ def main() -> int:
     speed = time_analysis(model, repeat=5)
     rows.append(("full analysis, GPT-2-small Linears (s)", f"{speed['analysis_s']:.3f}", "< 0.5"))
     rows.append(("bare batched eigensolver (s)", f"{speed['eigensolver_s']:.3f}", ""))
+    syncs = {blocks: count_host_syncs(blocks) for blocks in (2, 12)}
+    rows.append(
+        (
+            "host syncs per analysis, 8 / 48 layers",
+            f"{syncs[2]} / {syncs[12]}",
+            "equal (independent of layer count)",
+        )
+    )
+    for precision in ("float32", "float64"):
+        mem = large_layer_memory(precision)
+        rows.append(
+            (
+                f"bf16 32000x4096 + 4096x11008, {precision}: peak extra MiB / account / s",
+                f"{mem['peak_mib']:.0f} / {mem['account_mib']:.0f} / {mem['seconds']:.2f}",
+                "peak <= account",
+            )
+        )
     steps = 200 if args.quick else args.steps
     runs: dict[int | None, list[dict[str, float]]] = {None: [], 100: []}
     train(30, None)  # warm-up
