@@ -63,8 +63,9 @@ class SpectralMonitor(Callback):
         start_step: analyses before this step do not count for stopping.
         mode: ``"auto"``/``"thread"``: analyses on a worker thread (on CUDA on a side stream);
             ``"sync"``: inline, for debugging and for CUDA-graph capture.
-        max_snapshot_bytes: budget for one snapshot's float32 weight copies; layers beyond it are
-            skipped with that reason. None: no budget.
+        max_snapshot_bytes: budget for one snapshot's weight copies (float32; bf16/fp16 weights
+            are copied as they are); layers beyond it are skipped with that reason. None: no
+            budget. See README "Large layers and memory".
         prefix: tag prefix (change it to run two monitors on one Trainer).
 
     Raises:

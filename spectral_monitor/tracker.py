@@ -55,8 +55,9 @@ class SpectralTracker:
         mode: ``"thread"`` (analyses on a worker thread; the default that ``"auto"`` picks) or
             ``"sync"`` (inline: for debugging, and for CUDA-graph capture, which a side thread's
             decompositions would break).
-        max_snapshot_bytes: budget for the float32 weight copies of one analysis; layers beyond
-            it are skipped with that reason. None: no budget.
+        max_snapshot_bytes: budget for the weight copies of one analysis (float32; bf16/fp16
+            weights are copied as they are); layers beyond it are skipped with that reason.
+            None: no budget.
         stop_below: if set, :attr:`should_stop` becomes True once ``stop_on`` stays below this
             for ``stop_patience`` consecutive analyses at or after ``start_step``.
         stop_on: ``"alpha_mean"``, ``"alpha_hat"`` or ``"alpha_min"``.
