@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["full_parameters", "full_weight", "is_sharded"]
+__all__ = ["full_parameters", "full_weight", "is_sharded", "needs_collectives"]
 
 
 def is_sharded(weight: Any) -> bool:
@@ -36,6 +36,17 @@ def _fsdp1_class() -> type[nn.Module] | None:
     except ImportError:  # torch built without distributed support
         return None
     return FullyShardedDataParallel
+
+
+def needs_collectives(model: nn.Module, root: nn.Module | None = None) -> bool:
+    """True when reading ``model``'s weights whole is a collective: some parameter is a DTensor,
+    or ``root`` (default ``model``) holds an FSDP (1) module. Then every rank must snapshot at
+    the same steps: none may skip one for back-pressure."""
+    fsdp = _fsdp1_class()
+    root = model if root is None else root
+    if fsdp is not None and any(isinstance(m, fsdp) for m in root.modules()):
+        return True
+    return any(is_sharded(p) for p in model.parameters())
 
 
 @contextlib.contextmanager

@@ -27,6 +27,7 @@ from spectral_monitor.distributed import Gather, assign_layers, merge_reports
 from spectral_monitor.history import SpectralHistory
 from spectral_monitor.layers import LayerFilter, select_layers
 from spectral_monitor.report import SpectralReport
+from spectral_monitor.sharded_weights import needs_collectives
 from spectral_monitor.stopping import STOP_ON, ThresholdStopRule
 from spectral_monitor.worker import AnalysisResult, AnalysisWorker
 
@@ -202,8 +203,12 @@ class SpectralTracker:
                 n for n, _ in select_layers(model, self.config.layers, self.config.exclude)
             ]
         elif self._worker.busy:
-            self.num_skipped += 1
-            return False
+            if not needs_collectives(model, root):
+                self.num_skipped += 1
+                return False
+            # Sharded weights are gathered collectively: a rank that skipped this snapshot
+            # would leave the others waiting in the gather, so every rank waits instead.
+            self.collect(block=True)
         snapshot = take_snapshot(
             model, self.config, copy=True, max_bytes=self.max_snapshot_bytes, only=only, root=root
         )

@@ -219,6 +219,32 @@ def test_backpressure_skips_and_counts(monkeypatch) -> None:
     assert not monitor_threads()
 
 
+def test_sharded_weights_wait_instead_of_skipping(monkeypatch) -> None:
+    """With sharded weights (gathering them is a collective) a busy worker makes the rank wait:
+    a rank that skipped a snapshot would leave the others hanging in the gather."""
+    import spectral_monitor.tracker as tracker_module
+
+    original = worker_module.analyze_snapshot
+
+    def slow(*args, **kwargs):
+        time.sleep(0.3)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(worker_module, "analyze_snapshot", slow)
+    monkeypatch.setattr(tracker_module, "needs_collectives", lambda model, root=None: True)
+    monitor = SpectralMonitor(every_n_steps=1, min_evals=5)
+    trainer(max_steps=6, callbacks=[monitor]).fit(ConvNet(), image_loader())
+    assert monitor.tracker.num_skipped == 0
+    assert monitor.history.steps == list(range(7))  # steps 0..6, none skipped
+    assert not monitor_threads()
+
+
+def test_needs_collectives_is_false_for_plain_modules() -> None:
+    from spectral_monitor.sharded_weights import needs_collectives
+
+    assert not needs_collectives(ConvNet())
+
+
 def test_worker_crash_is_one_warning_with_traceback_and_training_goes_on(monkeypatch) -> None:
     def broken(*args, **kwargs):
         raise RuntimeError("boom in the analysis")
