@@ -258,7 +258,11 @@ def test_worker_crash_is_one_warning_with_traceback_and_training_goes_on(monkeyp
     assert len(failures) == 1 and "boom in the analysis" in str(failures[0].message)
     assert "Traceback" in str(failures[0].message)
     assert run.global_step == 10
-    assert monitor.tracker.num_failed == 6
+    # Steps 0, 2, ..., 10: each analysis failed and was counted, or (when the thread had not yet
+    # run the previous one) was skipped for back-pressure and counted; none is lost.
+    tracker = monitor.tracker
+    assert tracker.num_failed + tracker.num_skipped == 6 and tracker.num_failed >= 1
+    assert len(monitor.history) == 0
 
 
 class ExplodingLogger(CSVLogger):
