@@ -248,9 +248,11 @@ def analyze_snapshot(
     A layer that cannot be analysed (too few eigenvalues, NaN/Inf or all-zero weights, solver
     failure, no valid fit) is kept in the report with ``skipped`` set to the reason.
 
-    On a GPU the host waits for the device a fixed number of times, whatever the number of
-    layers: the weight checks, the solver's convergence check (once per shape), the fit's input
-    checks, and one transfer that brings every eigenvalue and every fit to the host together.
+    On a GPU the host waits for the device a few times, not once per layer: the weight checks,
+    the solver's convergence check (once per solver call: per shape, unless same-shape Grams
+    pass ``eigen._GROUP_BYTES``), the fit's
+    input checks and its look for ill-conditioned candidates, and one transfer that brings every
+    eigenvalue and every fit to the host together.
     """
     start = time.perf_counter()
     rows: list[LayerSpectrum] = []

@@ -15,7 +15,7 @@ zeros rather than rounding noise (which can even be negative).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -26,7 +26,6 @@ __all__ = [
     "batched_eigenvalues",
     "eigenvalues",
     "peak_work_bytes",
-    "work_bytes",
 ]
 
 PRECISIONS = ("float32", "float64")
@@ -54,11 +53,11 @@ def _gram_into(m: torch.Tensor, out: torch.Tensor) -> None:
     if m.dtype == dtype:
         torch.matmul(m.mT, m, out=out)
         return
-    if m.numel() * _itemsize(dtype) <= _CHUNK_BYTES:
+    if m.numel() * dtype.itemsize <= _CHUNK_BYTES:
         work = m.to(dtype)
         torch.matmul(work.mT, work, out=out)
         return
-    step = max(1, _CHUNK_BYTES // (cols * _itemsize(dtype)))
+    step = max(1, _CHUNK_BYTES // (cols * dtype.itemsize))
     out.zero_()
     for i in range(count):
         for r0 in range(0, rows, step):
@@ -67,21 +66,19 @@ def _gram_into(m: torch.Tensor, out: torch.Tensor) -> None:
             del part  # before the next chunk is made: one chunk alive, not two
 
 
-def _itemsize(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
+def _gram_bytes(stack: torch.Tensor, dtype: torch.dtype) -> int:
+    """Bytes of a stack's Gram matrices in ``dtype``: count·cols²."""
+    count, _rows, cols = stack.shape
+    return count * cols * cols * dtype.itemsize
 
 
-def work_bytes(shape: tuple[int, int, int], dtype: torch.dtype, weight_dtype: torch.dtype) -> int:
-    """Bytes one layer of ``(count, rows, cols)`` matrices adds while its eigenvalues are
-    computed: its Gram matrices, the solver's workspace (counted as one more Gram: LAPACK's and
-    cuSOLVER's symmetric eigensolvers need O(cols²) per matrix) and, when the weight is not in
-    the compute dtype, the upcast chunk."""
-    count, rows, cols = shape
-    size = _itemsize(dtype)
-    gram = 2 * count * cols * cols * size
-    if weight_dtype == dtype:
-        return gram
-    return gram + min(count * rows * cols * size, max(_CHUNK_BYTES, cols * size))
+def _upcast_bytes(stack: torch.Tensor, dtype: torch.dtype) -> int:
+    """Bytes :func:`_gram_into` holds for the upcast of a stack not in ``dtype`` (0 if it is):
+    the whole stack when it fits ``_CHUNK_BYTES``, else one chunk (at least one row)."""
+    if stack.dtype == dtype:
+        return 0
+    count, rows, cols = stack.shape
+    return min(count * rows * cols * dtype.itemsize, max(_CHUNK_BYTES, cols * dtype.itemsize))
 
 
 def _gram_eigenvalues(
@@ -144,18 +141,18 @@ def eigenvalues(
     return torch.where(evals > tolerance, evals, torch.zeros_like(evals))
 
 
-def _split_by_budget(
-    groups: Iterable[list[int]], stacks: Sequence[torch.Tensor], dtype: torch.dtype
-) -> list[list[int]]:
-    """Each same-shape group cut into consecutive runs whose Grams take <= ``_GROUP_BYTES``
-    (a single layer bigger than that is a run of its own)."""
+def _solver_runs(stacks: Sequence[torch.Tensor], dtype: torch.dtype) -> list[list[int]]:
+    """The layers each batched solver call takes: same device and matrix shape, cut into
+    consecutive runs whose Grams take <= ``_GROUP_BYTES`` (a bigger layer is a run of its own)."""
+    shapes: dict[tuple[torch.device, tuple[int, int]], list[int]] = {}
+    for k, stack in enumerate(stacks):
+        shapes.setdefault((stack.device, tuple(stack.shape[1:])), []).append(k)
     runs: list[list[int]] = []
-    for members in groups:
+    for members in shapes.values():
         run: list[int] = []
         held = 0
         for k in members:
-            count, _rows, cols = stacks[k].shape
-            need = count * cols * cols * _itemsize(dtype)
+            need = _gram_bytes(stacks[k], dtype)
             if run and held + need > _GROUP_BYTES:
                 runs.append(run)
                 run, held = [], 0
@@ -167,20 +164,13 @@ def _split_by_budget(
 
 def peak_work_bytes(stacks: Sequence[torch.Tensor], precision: Precision = "float32") -> int:
     """Bytes :func:`batched_eigenvalues` holds at most beyond its inputs, for these stacks: the
-    largest solver call's Grams and workspace (see :func:`work_bytes`), plus its upcast chunk."""
+    largest solver call's Grams, as much again for the solver's workspace (LAPACK's and
+    cuSOLVER's symmetric eigensolvers need O(cols²) per matrix), and its largest upcast chunk."""
     dtype = _DTYPES[precision]
-    shapes: dict[tuple[torch.device, tuple[int, int]], list[int]] = {}
-    for k, stack in enumerate(stacks):
-        shapes.setdefault((stack.device, tuple(stack.shape[1:])), []).append(k)
     peak = 0
-    for run in _split_by_budget(shapes.values(), stacks, dtype):
-        grams = sum(work_bytes(tuple(stacks[k].shape), dtype, dtype) for k in run)
-        chunk = max(
-            work_bytes(tuple(stacks[k].shape), dtype, stacks[k].dtype)
-            - work_bytes(tuple(stacks[k].shape), dtype, dtype)
-            for k in run
-        )
-        peak = max(peak, grams + chunk)
+    for run in _solver_runs(stacks, dtype):
+        grams = sum(_gram_bytes(stacks[k], dtype) for k in run)
+        peak = max(peak, 2 * grams + max(_upcast_bytes(stacks[k], dtype) for k in run))
     return peak
 
 
@@ -202,11 +192,8 @@ def batched_eigenvalues(
         fails is retried layer by layer, so one bad layer cannot take its neighbours down; a layer
         that still fails gets its :class:`EigenError` in its slot instead of a tensor.
     """
-    shapes: dict[tuple[torch.device, tuple[int, int]], list[int]] = {}
-    for k, stack in enumerate(stacks):
-        shapes.setdefault((stack.device, tuple(stack.shape[1:])), []).append(k)
     out: list[torch.Tensor | EigenError] = [EigenError("not computed")] * len(stacks)
-    for members in _split_by_budget(shapes.values(), stacks, _DTYPES[precision]):
+    for members in _solver_runs(stacks, _DTYPES[precision]):
         try:
             evals = eigenvalues([stacks[k] for k in members], precision)
         except EigenError:

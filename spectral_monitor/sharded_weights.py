@@ -30,23 +30,22 @@ def full_weight(weight: torch.Tensor) -> torch.Tensor:
     return weight.full_tensor() if is_sharded(weight) else weight  # type: ignore[operator]
 
 
-def _fsdp1_class() -> type[nn.Module] | None:
+def _has_fsdp1(root: nn.Module) -> bool:
+    """Whether ``root`` holds an FSDP (1) module (torch built without distributed: never)."""
     try:
         from torch.distributed.fsdp import FullyShardedDataParallel
-    except ImportError:  # torch built without distributed support
-        return None
-    return FullyShardedDataParallel
+    except ImportError:
+        return False
+    return any(isinstance(m, FullyShardedDataParallel) for m in root.modules())
 
 
 def needs_collectives(model: nn.Module, root: nn.Module | None = None) -> bool:
     """True when reading ``model``'s weights whole is a collective: some parameter is a DTensor,
     or ``root`` (default ``model``) holds an FSDP (1) module. Then every rank must snapshot at
     the same steps: none may skip one for back-pressure."""
-    fsdp = _fsdp1_class()
-    root = model if root is None else root
-    if fsdp is not None and any(isinstance(m, fsdp) for m in root.modules()):
-        return True
-    return any(is_sharded(p) for p in model.parameters())
+    return _has_fsdp1(model if root is None else root) or any(
+        is_sharded(p) for p in model.parameters()
+    )
 
 
 @contextlib.contextmanager
@@ -59,9 +58,10 @@ def full_parameters(root: nn.Module) -> Iterator[None]:
     its duration (the extra memory of one unsharded model). Anything else (plain modules, DDP,
     FSDP2's DTensors, gathered layer by layer by :func:`full_weight`) needs nothing.
     """
-    fsdp = _fsdp1_class()
-    if fsdp is None or not any(isinstance(m, fsdp) for m in root.modules()):
+    if not _has_fsdp1(root):
         yield
         return
-    with fsdp.summon_full_params(root, writeback=False, recurse=True):  # type: ignore[attr-defined]
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    with FullyShardedDataParallel.summon_full_params(root, writeback=False, recurse=True):
         yield
