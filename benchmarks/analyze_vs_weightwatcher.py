@@ -43,7 +43,13 @@ from types import ModuleType
 from typing import Any
 
 import torch
-from bench_utils import thread_setting, threadpool_limits
+from bench_utils import (
+    add_threads_argument,
+    markdown_table,
+    parse_threads,
+    thread_setting,
+    threadpool_limits,
+)
 from torch import nn
 
 from spectral_monitor import analyze
@@ -146,17 +152,6 @@ def build_models(quick: bool, large: bool = False) -> dict[str, nn.Module]:
         "(b) MLP 4x1024": mlp(),
         "(c) 12x 768x3072": transformer_mlps(),
     }
-
-
-# -------------------------------------------------------------------------------------- threads
-
-
-def parse_threads(values: list[str]) -> list[int | None]:
-    """``["1", "default"]`` -> ``[1, None]``."""
-    out: list[int | None] = []
-    for value in values:
-        out.append(None if value == "default" else int(value))
-    return out
 
 
 # ---------------------------------------------------------------------------------------- tools
@@ -303,13 +298,6 @@ def cells(row: Row) -> list[str]:
     ]
 
 
-def markdown_table(rows: list[Row]) -> str:
-    """The results as a GitHub Markdown table."""
-    lines = ["| " + " | ".join(HEADER) + " |", "|" + "|".join("---" for _ in HEADER) + "|"]
-    lines += ["| " + " | ".join(cells(row)) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def benchmark_model(ww: ModuleType, name: str, model: nn.Module, threads: str, repeat: int) -> Row:
     """Time the tools on one model under the current thread setting and compare alphas."""
     model.eval()
@@ -347,12 +335,7 @@ def benchmark_model(ww: ModuleType, name: str, model: nn.Module, threads: str, r
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--threads",
-        nargs="+",
-        default=["1", "default"],
-        help='thread settings to run, integers or "default" (default: 1 default)',
-    )
+    add_threads_argument(parser)
     parser.add_argument("--repeat", type=int, default=3, help="timed rounds; the best is kept")
     parser.add_argument("--quick", action="store_true", help="small models (smoke test)")
     parser.add_argument(
@@ -363,10 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.repeat < 1:
         parser.error("--repeat must be >= 1")
-    try:
-        settings = parse_threads(args.threads)
-    except ValueError:
-        parser.error('--threads takes integers or "default"')
+    settings = parse_threads(parser, args.threads)
 
     ww = import_weightwatcher()
     models = build_models(args.quick, args.large)
@@ -392,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
     print(f"\ntotal {time.perf_counter() - start:.0f} s\n")
-    print(markdown_table(rows))
+    print(markdown_table(HEADER, [cells(row) for row in rows]))
     return 0
 
 

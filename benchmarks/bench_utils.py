@@ -1,23 +1,87 @@
-"""Pieces the benchmark scripts share: thread control and a per-step timer.
+"""Pieces the benchmark scripts share: thread control, timing, a timed training run, tables.
 
 The scripts run as ``python benchmarks/NAME.py``, so this folder is on ``sys.path``.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import statistics
 import time
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import lightning as L
 import torch
+from torch.utils.data import DataLoader
+
+from spectral_monitor import SpectralMonitor
 
 try:
     from threadpoolctl import threadpool_limits
 except ImportError:  # pragma: no cover - threadpoolctl is optional
     threadpool_limits = None
 
-__all__ = ["StepTimer", "thread_setting", "threadpool_limits"]
+__all__ = [
+    "StepTimer",
+    "TimedFit",
+    "add_threads_argument",
+    "markdown_table",
+    "median_seconds",
+    "p99",
+    "parse_threads",
+    "thread_setting",
+    "threadpool_limits",
+    "timed_fit",
+]
+
+
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    """``--threads 1 default``: the thread settings to run, integers or ``default``."""
+    parser.add_argument(
+        "--threads",
+        nargs="+",
+        default=["1", "default"],
+        help='thread settings to run, integers or "default" (default: 1 default)',
+    )
+
+
+def parse_threads(parser: argparse.ArgumentParser, values: list[str]) -> list[int | None]:
+    """``["1", "default"]`` -> ``[1, None]``; anything else is a usage error of ``parser``."""
+    try:
+        return [None if value == "default" else int(value) for value in values]
+    except ValueError:
+        parser.error('--threads takes integers or "default"')
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A GitHub Markdown table of already formatted cells."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def median_seconds(task: Callable[[], Any], repeat: int, cuda: bool = False) -> float:
+    """Median wall time of ``repeat`` calls (with ``cuda``, synchronised before and after)."""
+    times = []
+    for _ in range(repeat):
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        task()
+        if cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def p99(values: Sequence[float]) -> float:
+    """The 99th percentile (nearest rank below)."""
+    ordered = sorted(values)
+    return ordered[int(0.99 * (len(ordered) - 1))]
 
 
 @contextlib.contextmanager
@@ -55,3 +119,45 @@ class StepTimer(L.Callback):
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         self.times.append(time.perf_counter() - self._start)
+
+
+@dataclass
+class TimedFit:
+    """One timed ``Trainer.fit``: wall seconds, every step's seconds, the monitor (if any)."""
+
+    total: float
+    step_times: list[float]
+    monitor: SpectralMonitor | None
+
+
+def timed_fit(
+    module: L.LightningModule,
+    loader: DataLoader,
+    steps: int,
+    accelerator: str,
+    every: int | None,
+) -> TimedFit:
+    """Train ``module`` for ``steps`` steps on one device, with ``SpectralMonitor(every_n_steps=
+    every, log_histograms=False)`` or (``every=None``) without it; no logger, checkpoint or
+    progress bar, warnings silenced, so only training and the monitor are timed."""
+    timer = StepTimer()
+    callbacks: list[L.Callback] = [timer]
+    monitor = None
+    if every is not None:
+        monitor = SpectralMonitor(every_n_steps=every, log_histograms=False)
+        callbacks.append(monitor)
+    trainer = L.Trainer(
+        accelerator=accelerator,
+        devices=1,
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+    )
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(module, loader)
+    return TimedFit(time.perf_counter() - start, timer.times, monitor)

@@ -39,7 +39,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from bench_utils import thread_setting, threadpool_limits
+from bench_utils import (
+    add_threads_argument,
+    markdown_table,
+    parse_threads,
+    thread_setting,
+    threadpool_limits,
+)
 
 from spectral_monitor import fit_power_law
 
@@ -198,22 +204,10 @@ def cells(row: Row) -> list[str]:
     ]
 
 
-def markdown_table(rows: list[Row]) -> str:
-    """The results as a GitHub Markdown table."""
-    lines = ["| " + " | ".join(HEADER) + " |", "|" + "|".join("---" for _ in HEADER) + "|"]
-    lines += ["| " + " | ".join(cells(row)) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), help="values of n")
-    parser.add_argument(
-        "--threads",
-        nargs="+",
-        default=["1", "default"],
-        help='thread settings to run, integers or "default" (default: 1 default)',
-    )
+    add_threads_argument(parser)
     parser.add_argument(
         "--repeat", type=int, default=5, help="timed calls of ours and WWFit; the best is kept"
     )
@@ -227,10 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.repeat < 1:
         parser.error("--repeat must be >= 1")
-    try:
-        settings = [None if t == "default" else int(t) for t in args.threads]
-    except ValueError:
-        parser.error('--threads takes integers or "default"')
+    settings = parse_threads(parser, args.threads)
 
     powerlaw, WWFit = quiet_imports()
     print(
@@ -260,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
     print(f"\ntotal {time.perf_counter() - start:.0f} s\n")
-    print(markdown_table(rows))
+    print(markdown_table(HEADER, [cells(row) for row in rows]))
     return 0
 
 

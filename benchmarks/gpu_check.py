@@ -30,11 +30,11 @@ from typing import Any
 
 import lightning as L
 import torch
-from bench_utils import StepTimer
+from bench_utils import median_seconds, p99, timed_fit
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from spectral_monitor import SpectralMonitor, analyze
+from spectral_monitor import analyze
 from spectral_monitor.eigen import batched_eigenvalues
 from spectral_monitor.layers import select_layers, weight_matrices
 
@@ -66,22 +66,11 @@ def check_correctness(model: nn.Module) -> dict[str, float]:
 def time_analysis(model: nn.Module, repeat: int) -> dict[str, float]:
     model = model.cuda()
     analyze(model)  # warm-up: kernels, cuSOLVER handles
-    times = []
-    for _ in range(repeat):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        analyze(model)
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
     stacks = [weight_matrices(m.weight.detach()) for _, m in select_layers(model)]
-    floor = []
-    for _ in range(repeat):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        batched_eigenvalues(stacks)
-        torch.cuda.synchronize()
-        floor.append(time.perf_counter() - start)
-    return {"analysis_s": statistics.median(times), "eigensolver_s": statistics.median(floor)}
+    return {
+        "analysis_s": median_seconds(lambda: analyze(model), repeat, cuda=True),
+        "eigensolver_s": median_seconds(lambda: batched_eigenvalues(stacks), repeat, cuda=True),
+    }
 
 
 def count_host_syncs(blocks: int) -> int:
@@ -148,34 +137,16 @@ class TinyGPT(L.LightningModule):
 def train(steps: int, every: int | None) -> dict[str, float]:
     torch.manual_seed(0)
     data = TensorDataset(torch.randint(0, 256, (4096, 128)), torch.randint(0, 256, (4096, 128)))
-    timer = StepTimer()
-    callbacks: list[L.Callback] = [timer]
-    if every is not None:
-        callbacks.append(SpectralMonitor(every_n_steps=every, log_histograms=False))
-    trainer = L.Trainer(
-        accelerator="cuda",
-        devices=1,
-        max_steps=steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=callbacks,
-    )
-    start = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer.fit(TinyGPT(), DataLoader(data, batch_size=32, shuffle=True))
-    total = time.perf_counter() - start
-    times = timer.times[10:]
+    loader = DataLoader(data, batch_size=32, shuffle=True)
+    run = timed_fit(TinyGPT(), loader, steps, "cuda", every)
+    times = run.step_times[10:]
     after = [
-        t for k, t in enumerate(timer.times) if every and k >= 10 and (k + 1) % every in (1, 2)
+        t for k, t in enumerate(run.step_times) if every and k >= 10 and (k + 1) % every in (1, 2)
     ]
-    ordered = sorted(times)
     return {
-        "total": total,
+        "total": run.total,
         "median": statistics.median(times),
-        "p99": ordered[int(0.99 * (len(ordered) - 1))],
+        "p99": p99(times),
         "after_snapshot": statistics.median(after) if after else float("nan"),
     }
 

@@ -11,11 +11,9 @@ Prints two tables: square Linear layers of growing size (one layer), and a growi
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
-from bench_utils import thread_setting
+from bench_utils import median_seconds, thread_setting
 from torch import nn
 
 from spectral_monitor import analyze
@@ -23,25 +21,12 @@ from spectral_monitor.eigen import batched_eigenvalues
 from spectral_monitor.layers import select_layers, weight_matrices
 
 
-def timed(task, repeat: int, device: str) -> float:
-    times = []
-    for _ in range(repeat):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        task()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def measure(model: nn.Module, repeat: int, device: str) -> tuple[float, float]:
     model = model.to(device)
     stacks = [weight_matrices(m.weight.detach()) for _, m in select_layers(model)]
     analyze(model)  # warm-up
-    ours = timed(lambda: analyze(model), repeat, device)
-    floor = timed(lambda: batched_eigenvalues(stacks), repeat, device)
+    ours = median_seconds(lambda: analyze(model), repeat, device == "cuda")
+    floor = median_seconds(lambda: batched_eigenvalues(stacks), repeat, device == "cuda")
     return ours, floor
 
 

@@ -17,17 +17,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
-import warnings
 from typing import Any
 
 import lightning as L
 import torch
-from bench_utils import StepTimer
+from bench_utils import p99, timed_fit
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
-
-from spectral_monitor import SpectralMonitor
 
 
 class SmallCNN(L.LightningModule):
@@ -63,34 +59,14 @@ def run_once(steps: int, device: str, every: int | None, batch_size: int) -> dic
         torch.randint(0, 10, (batch_size * 64,), generator=g),
     )
     loader = DataLoader(data, batch_size=batch_size, shuffle=True, generator=g)
-    timer = StepTimer()
-    callbacks: list[L.Callback] = [timer]
-    monitor = None
-    if every is not None:
-        monitor = SpectralMonitor(every_n_steps=every, log_histograms=False)
-        callbacks.append(monitor)
-    trainer = L.Trainer(
-        accelerator=device,
-        devices=1,
-        max_steps=steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=callbacks,
-    )
-    start = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer.fit(SmallCNN(), loader)
-    total = time.perf_counter() - start
-    step_times = sorted(timer.times[5:])  # the first steps include warm-up
+    run = timed_fit(SmallCNN(), loader, steps, device, every)
+    step_times = run.step_times[5:]  # the first steps include warm-up
     return {
-        "total": total,
+        "total": run.total,
         "median_step": statistics.median(step_times),
-        "p99_step": step_times[int(0.99 * (len(step_times) - 1))],
-        "analyses": float(len(monitor.history)) if monitor else 0.0,
-        "skipped": float(monitor.tracker.num_skipped) if monitor else 0.0,
+        "p99_step": p99(step_times),
+        "analyses": float(len(run.monitor.history)) if run.monitor else 0.0,
+        "skipped": float(run.monitor.tracker.num_skipped) if run.monitor else 0.0,
     }
 
 
