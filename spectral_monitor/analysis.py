@@ -1,9 +1,10 @@
-"""``analyze()``: one spectral analysis of a model, and the pieces the callback reuses.
+"""``analyze()``: one spectral analysis of a model, and the pure half the callback reuses.
 
-An analysis has two halves. :func:`take_snapshot` reads the live parameters (it must run where the
-model is trained, and copies the weights when training goes on). :func:`analyze_snapshot` is pure:
-matrices → eigenvalues (batched by shape) → power-law fits (batched) → metrics → one
-:class:`~spectral_monitor.report.SpectralReport`. It can run on a worker thread.
+An analysis has two halves. :func:`spectral_monitor.snapshot.take_snapshot` reads the live
+parameters (it must run where the model is trained, and copies the weights when training goes on).
+:func:`analyze_snapshot` is pure: matrices → eigenvalues (batched by shape) → power-law fits
+(batched) → metrics → one :class:`~spectral_monitor.report.SpectralReport`. It can run on a worker
+thread.
 """
 
 from __future__ import annotations
@@ -12,35 +13,22 @@ import math
 import time
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 
-from spectral_monitor.eigen import (
-    PRECISIONS,
-    EigenError,
-    Precision,
-    batched_eigenvalues,
-    peak_work_bytes,
-)
-from spectral_monitor.layers import (
-    CONV2D_MODES,
-    Conv2dMode,
-    LayerFilter,
-    LayerFilterItem,
-    layer_kind,
-    matrix_shape,
-    normalize_filter,
-    select_layers,
-    select_weights,
-    weight_matrices,
-)
+from spectral_monitor.config import DEFAULT_MIN_EVALS, AnalysisConfig
+from spectral_monitor.eigen import EigenError, batched_eigenvalues, peak_work_bytes
+from spectral_monitor.layers import LayerFilter, matrix_shape, weight_matrices
 from spectral_monitor.metrics import layer_metrics, verdict
 from spectral_monitor.powerlaw_fit import fit_power_law_table, fit_work_bytes
 from spectral_monitor.report import LayerSpectrum, SpectralReport
-from spectral_monitor.sharded_weights import full_parameters, full_weight, is_sharded
+from spectral_monitor.snapshot import (
+    LayerSnapshot,
+    snapshot_dtype,
+    snapshot_state_dict,
+    take_snapshot,
+)
 
 __all__ = [
     "DEFAULT_MIN_EVALS",
@@ -48,175 +36,10 @@ __all__ = [
     "LayerSnapshot",
     "analyze",
     "analyze_snapshot",
+    "snapshot_dtype",
+    "snapshot_state_dict",
     "take_snapshot",
 ]
-
-#: Layers with fewer eigenvalues than this are skipped: a tail fit on a handful of points is noise.
-DEFAULT_MIN_EVALS = 10
-
-
-@dataclass(frozen=True)
-class AnalysisConfig:
-    """What to analyse and in which convention; validated on construction.
-
-    Attributes:
-        layers: name globs / module types to keep (None: every Linear and Conv2d).
-        exclude: name globs / module types to drop.
-        conv2d: ``"flatten"`` (one (out, in·kh·kw) matrix) or ``"slices"`` (WeightWatcher's
-            kh·kw slices, eigenvalues pooled and halved).
-        normalize: divide eigenvalues by the weight's number of rows (the seed's convention);
-            False keeps σ² (WeightWatcher's).
-        min_evals: layers with fewer eigenvalues are skipped.
-        precision: eigensolver precision, ``"float32"`` or ``"float64"``.
-        device: where to compute; None uses each weight's own device.
-    """
-
-    layers: tuple[LayerFilterItem, ...] | None = None
-    exclude: tuple[LayerFilterItem, ...] | None = None
-    conv2d: Conv2dMode = "flatten"
-    normalize: bool = True
-    min_evals: int = DEFAULT_MIN_EVALS
-    precision: Precision = "float32"
-    device: torch.device | None = None
-
-    @classmethod
-    def create(
-        cls,
-        layers: LayerFilter = None,
-        exclude: LayerFilter = None,
-        conv2d: str = "flatten",
-        normalize: bool = True,
-        min_evals: int = DEFAULT_MIN_EVALS,
-        precision: str = "float32",
-        device: torch.device | str | None = None,
-    ) -> AnalysisConfig:
-        """Validate user arguments and build a config.
-
-        Raises:
-            ValueError: an argument has the wrong type or value; the message names it.
-        """
-        if conv2d not in CONV2D_MODES:
-            raise ValueError(f"conv2d must be one of {CONV2D_MODES}, got {conv2d!r}")
-        if not isinstance(normalize, bool):
-            raise ValueError(f"normalize must be a bool, got {normalize!r}")
-        if isinstance(min_evals, bool) or not isinstance(min_evals, int) or min_evals < 2:
-            raise ValueError(f"min_evals must be an int >= 2, got {min_evals!r}")
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-        if device is not None:
-            try:
-                device = torch.device(device)
-            except (RuntimeError, TypeError) as error:
-                raise ValueError(f"device must be a torch device, got {device!r}") from error
-        return cls(
-            layers=normalize_filter(layers, "layers"),
-            exclude=normalize_filter(exclude, "exclude"),
-            conv2d=conv2d,  # type: ignore[arg-type]
-            normalize=normalize,
-            min_evals=min_evals,
-            precision=precision,  # type: ignore[arg-type]
-            device=device,
-        )
-
-
-@dataclass
-class LayerSnapshot:
-    """One layer's weight at one moment: a float32 (or bf16/fp16, see :func:`snapshot_dtype`)
-    tensor, or None and the reason there is none."""
-
-    name: str
-    kind: str
-    shape: tuple[int, ...]
-    weight: torch.Tensor | None
-    skipped: str | None = None
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes held by the weight copy."""
-        return 0 if self.weight is None else self.weight.numel() * self.weight.element_size()
-
-
-def snapshot_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype a weight is copied in: bf16 and fp16 stay as they are (half the memory of
-    float32; the solver upcasts them exactly, a chunk at a time), anything else is float32."""
-    return dtype if dtype in (torch.bfloat16, torch.float16) else torch.float32
-
-
-def _snapshot_layer(
-    name: str, kind: str, weight: Any, config: AnalysisConfig, copy: bool
-) -> LayerSnapshot:
-    if not isinstance(weight, torch.Tensor) or isinstance(
-        weight, nn.parameter.UninitializedParameter
-    ):
-        return LayerSnapshot(name, kind, (), None, "no initialised weight")
-    shape = tuple(weight.shape)
-    if weight.is_meta:
-        return LayerSnapshot(name, kind, shape, None, "weight on the meta device")
-    if weight.dim() not in (2, 4):
-        return LayerSnapshot(name, kind, shape, None, f"unsupported weight shape {shape}")
-    device = config.device if config.device is not None else weight.device
-    # detach() alone shares storage, and the next optimizer step would change the snapshot.
-    w = weight.detach().to(device=device, dtype=snapshot_dtype(weight.dtype), copy=copy)
-    return LayerSnapshot(name, kind, shape, w)
-
-
-def take_snapshot(
-    model: nn.Module,
-    config: AnalysisConfig,
-    copy: bool = True,
-    max_bytes: int | None = None,
-    only: set[str] | None = None,
-    root: nn.Module | None = None,
-) -> list[LayerSnapshot]:
-    """Copies of the selected layers' weights in :func:`snapshot_dtype` (float32, or the
-    weight's own bf16/fp16), on ``config.device`` or the weight's own device.
-
-    Sharded weights are read whole: a DTensor (FSDP2, tensor parallel) is gathered layer by
-    layer, and a model wrapped in FSDP (1) is read inside ``summon_full_params``. Both are
-    collectives, so on a sharded model every rank must call this at the same point with the same
-    ``config``; every rank gathers every selected layer and only the owner (``only``) keeps it.
-
-    Args:
-        model: the model.
-        config: which layers.
-        copy: clone the weights (needed while training continues); False lets a float32 weight
-            on the right device be used in place, for a one-off analysis.
-        max_bytes: budget for the copies; a layer that would exceed it is not copied and is
-            reported as skipped with the reason (None: no budget).
-        only: take just these layer names (this rank's share of a distributed analysis).
-        root: the module that owns the sharded parameters, when it wraps ``model`` (Lightning's
-            ``trainer.strategy.model``); default ``model``.
-    """
-    snapshot = []
-    held = 0
-    with full_parameters(root if root is not None else model):
-        for name, module in select_layers(model, config.layers, config.exclude):
-            weight = getattr(module, "weight", None)
-            if is_sharded(weight):
-                weight = full_weight(weight)  # on every rank, owner or not: a collective
-            if only is not None and name not in only:
-                continue
-            kind = layer_kind(module) or type(module).__name__
-            if max_bytes is not None and isinstance(weight, torch.Tensor) and not weight.is_meta:
-                need = weight.numel() * snapshot_dtype(weight.dtype).itemsize
-                if held + need > max_bytes:
-                    reason = f"snapshot budget max_snapshot_bytes={max_bytes} exceeded"
-                    snapshot.append(LayerSnapshot(name, kind, tuple(weight.shape), None, reason))
-                    continue
-                held += need
-            snapshot.append(_snapshot_layer(name, kind, weight, config, copy))
-    return snapshot
-
-
-def snapshot_state_dict(
-    state_dict: Mapping[str, Any], config: AnalysisConfig
-) -> list[LayerSnapshot]:
-    """Like :func:`take_snapshot`, for a bare state dict (see
-    :func:`spectral_monitor.layers.select_weights` for which tensors count as layers)."""
-    return [
-        _snapshot_layer(name, kind, tensor, config, copy=False)
-        for name, kind, tensor in select_weights(state_dict, config.layers, config.exclude)
-    ]
 
 
 def _weight_problems(snaps: list[LayerSnapshot]) -> list[str | None]:

@@ -19,7 +19,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import nn
 from typing_extensions import override
 
-from spectral_monitor.analysis import DEFAULT_MIN_EVALS
+from spectral_monitor.config import DEFAULT_MIN_EVALS
 from spectral_monitor.distributed import torch_gather
 from spectral_monitor.history import SpectralHistory
 from spectral_monitor.layers import LayerFilter, select_layers

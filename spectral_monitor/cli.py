@@ -24,13 +24,10 @@ from typing import Any, TextIO
 import torch
 from torch import nn
 
-from spectral_monitor.analysis import (
-    DEFAULT_MIN_EVALS,
-    AnalysisConfig,
-    analyze_snapshot,
-    snapshot_state_dict,
-)
+from spectral_monitor.analysis import analyze_snapshot
+from spectral_monitor.config import DEFAULT_MIN_EVALS, AnalysisConfig
 from spectral_monitor.report import SpectralReport
+from spectral_monitor.snapshot import snapshot_state_dict
 
 __all__ = [
     "EXIT_EMPTY",

@@ -22,12 +22,13 @@ from typing import Any
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import nn
 
-from spectral_monitor.analysis import DEFAULT_MIN_EVALS, AnalysisConfig, take_snapshot
+from spectral_monitor.config import DEFAULT_MIN_EVALS, AnalysisConfig
 from spectral_monitor.distributed import Gather, assign_layers, merge_reports
 from spectral_monitor.history import SpectralHistory
 from spectral_monitor.layers import LayerFilter, select_layers
 from spectral_monitor.report import SpectralReport
 from spectral_monitor.sharded_weights import needs_collectives
+from spectral_monitor.snapshot import take_snapshot
 from spectral_monitor.stopping import STOP_ON, ThresholdStopRule
 from spectral_monitor.worker import AnalysisResult, AnalysisWorker
 
@@ -192,7 +193,7 @@ class SpectralTracker:
             report_step: the step the report is stamped and logged with, if it differs from
                 ``step`` (Lightning's logging step counts batches, not optimizer steps).
             root: the module that owns ``model``'s sharded parameters when it wraps ``model``
-                (an FSDP wrapper); see :func:`~spectral_monitor.analysis.take_snapshot`.
+                (an FSDP wrapper); see :func:`~spectral_monitor.snapshot.take_snapshot`.
         """
         self._last_attempt = step
         only = None

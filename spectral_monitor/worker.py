@@ -23,8 +23,10 @@ from typing import Literal
 
 import torch
 
-from spectral_monitor.analysis import AnalysisConfig, LayerSnapshot, analyze_snapshot
+from spectral_monitor.analysis import analyze_snapshot
+from spectral_monitor.config import AnalysisConfig
 from spectral_monitor.report import SpectralReport
+from spectral_monitor.snapshot import LayerSnapshot
 
 __all__ = ["WORKER_MODES", "AnalysisResult", "AnalysisWorker"]
 

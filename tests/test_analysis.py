@@ -379,7 +379,7 @@ def test_same_shape_groups_are_split_by_the_gram_budget(monkeypatch) -> None:
 
 
 def test_bf16_snapshot_keeps_its_dtype_and_memory_is_reported() -> None:
-    from spectral_monitor.analysis import take_snapshot
+    from spectral_monitor.snapshot import take_snapshot
 
     model = small_mlp().bfloat16()
     config = AnalysisConfig.create()
