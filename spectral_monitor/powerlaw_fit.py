@@ -23,7 +23,23 @@ from typing import Any
 import numpy as np
 import torch
 
+from spectral_monitor.estimators import (
+    CLIP_FINGER_RANGE,
+    ESTIMATORS,
+    FINGERS,
+    choose_clipped,
+    hill_median,
+    peak_allowed,
+)
+from spectral_monitor.intervals import (
+    INTERVALS,
+    analytic_interval,
+    bootstrap_samples,
+    percentile_interval,
+)
+
 __all__ = [
+    "FitOptions",
     "FitTable",
     "PowerLawFit",
     "fit_power_law",
@@ -61,6 +77,9 @@ class PowerLawFit:
         n_tail: number of values ``>= xmin`` used for alpha; 0 when there is no fit.
         num_values: number of positive values that entered the fit (zeros are ignored).
         reason: ``None`` for a valid fit, otherwise why there is none.
+        alpha_lo, alpha_hi: two-sided confidence interval of alpha (see
+            :mod:`spectral_monitor.intervals`); NaN when there is no fit or no interval.
+        num_fingers: top values left out by ``fingers="clip"`` (0 otherwise).
     """
 
     alpha: float
@@ -70,6 +89,9 @@ class PowerLawFit:
     n_tail: int
     num_values: int
     reason: str | None = None
+    alpha_lo: float = math.nan
+    alpha_hi: float = math.nan
+    num_fingers: int = 0
 
     @property
     def ok(self) -> bool:
@@ -131,7 +153,10 @@ def _prepare(values: Sequence[Any], device: torch.device) -> list[tuple[torch.Te
 
 
 def _fit_padded(
-    x: torch.Tensor, lengths: torch.Tensor, prune: bool = True
+    x: torch.Tensor,
+    lengths: torch.Tensor,
+    prune: bool = True,
+    allowed: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Fit every row of a padded batch.
 
@@ -141,6 +166,9 @@ def _fit_padded(
         lengths: (B,) int64, number of valid entries per row, each with >= 2 distinct values.
         prune: for a single row, compute exact distances only for candidates that can win (see
             :func:`_pruned_distances`); a batch always uses the full tile.
+        allowed: (B, n) bool, positions that may be xmin (``estimator="ks_peak"`` restricts the
+            search to a range of values); None: every distinct value but the largest. A row with
+            no allowed candidate gets alpha = NaN and n_tail = 0.
 
     Returns:
         alpha, xmin, D, sigma (each (B,) float64) and n_tail ((B,) int64), on ``x``'s device.
@@ -171,6 +199,8 @@ def _fit_padded(
     first = torch.cummax(torch.where(is_new, idx.unsqueeze(0), torch.zeros_like(idx)), 1).values
     row_max = x.gather(1, (lengths - 1).unsqueeze(1))
     candidate = valid & is_new & (x < row_max)
+    if allowed is not None:
+        candidate = candidate & allowed
     # A non-candidate's exponent is irrelevant; a finite one keeps NaN out of the tile.
     slope = torch.where(candidate, 1.0 - alpha, torch.zeros_like(alpha))
     inv_tail = 1.0 / n_tail_f
@@ -192,8 +222,9 @@ def _fit_padded(
     D = torch.where(candidate & ~torch.isnan(D), D, torch.full_like(D, math.inf))
 
     best = torch.argmin(D, dim=1, keepdim=True)  # first minimum on ties
-    alpha_b = alpha.gather(1, best).squeeze(1)
-    n_tail_b = n_tail.gather(1, best).squeeze(1)
+    none = ~candidate.any(dim=1)
+    alpha_b = alpha.gather(1, best).squeeze(1).masked_fill(none, math.nan)
+    n_tail_b = n_tail.gather(1, best).squeeze(1).masked_fill(none, 0)
     sigma_b = (alpha_b - 1.0) / torch.sqrt(n_tail_b.to(torch.float64))
     return alpha_b, x.gather(1, best).squeeze(1), D.gather(1, best).squeeze(1), sigma_b, n_tail_b
 
@@ -328,39 +359,207 @@ def _pruned_distances(
 
 
 @dataclass(frozen=True)
+class FitOptions:
+    """How a spectrum's tail is fitted; validated by :meth:`create`.
+
+    Attributes:
+        estimator: ``"ks"`` (exact Clauset–Shalizi–Newman search, the default), ``"hill_median"``
+            or ``"ks_peak"`` (see :mod:`spectral_monitor.estimators`).
+        xmin_position: ``hill_median`` puts xmin at index ``int(N / xmin_position)``.
+        fingers: None, or ``"clip"`` (WeightWatcher's ``clip_xmax``).
+        interval: ``"analytic"`` or ``"bootstrap"`` (see :mod:`spectral_monitor.intervals`).
+        confidence: level of the two-sided interval, in (0, 1).
+        n_boot: resamples for ``interval="bootstrap"``.
+        seed: seed of the bootstrap's generator (an analysis is reproducible).
+    """
+
+    estimator: str = "ks"
+    xmin_position: float = 2.0
+    fingers: str | None = None
+    interval: str = "analytic"
+    confidence: float = 0.9
+    n_boot: int = 100
+    seed: int = 0
+
+    @classmethod
+    def create(
+        cls,
+        estimator: str = "ks",
+        xmin_position: float = 2.0,
+        fingers: str | None = None,
+        interval: str = "analytic",
+        confidence: float = 0.9,
+        n_boot: int = 100,
+        seed: int = 0,
+    ) -> FitOptions:
+        """Validate user arguments.
+
+        Raises:
+            ValueError: an argument has the wrong type or value; the message names it.
+        """
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+        if fingers not in FINGERS:
+            raise ValueError(f"fingers must be one of {FINGERS}, got {fingers!r}")
+        if interval not in INTERVALS:
+            raise ValueError(f"interval must be one of {INTERVALS}, got {interval!r}")
+        if not _is_real(xmin_position) or not xmin_position > 1.0:
+            raise ValueError(f"xmin_position must be a number > 1, got {xmin_position!r}")
+        if not _is_real(confidence) or not 0.0 < confidence < 1.0:
+            raise ValueError(f"confidence must be a number in (0, 1), got {confidence!r}")
+        if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 10:
+            raise ValueError(f"n_boot must be an int >= 10, got {n_boot!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"seed must be an int, got {seed!r}")
+        return cls(
+            estimator, float(xmin_position), fingers, interval, float(confidence), n_boot, seed
+        )
+
+
+def _is_real(value: Any) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(float(value))
+    )
+
+
+# Columns of a fit table.
+_ALPHA, _XMIN, _D, _SIGMA, _NTAIL, _LO, _HI, _FINGERS = range(8)
+_NUM_COLUMNS = 8
+
+
+@dataclass(frozen=True)
 class FitTable:
     """Fits of several spectra as one device tensor, for callers that bring results to the host
     together with other data in a single transfer (see :meth:`results`).
 
     Attributes:
-        table: (count, 5) float64 on the compute device, columns alpha, xmin, D, sigma, n_tail;
-            NaN rows (and n_tail 0) where there is no fit.
+        table: (count, 8) float64 on the compute device, columns alpha, xmin, D, sigma, n_tail,
+            alpha_lo, alpha_hi (bootstrap only; the analytic interval is computed on the host
+            in :meth:`results`) and num_fingers; NaN rows (and n_tail 0) where there is no fit.
         num_values: per input, the number of positive values that entered the fit.
         reasons: per input, None or why there is no fit.
+        options: how the spectra were fitted.
     """
 
     table: torch.Tensor
     num_values: list[int]
     reasons: list[str | None]
+    options: FitOptions = FitOptions()
 
     def results(self, host_table: torch.Tensor | None = None) -> list[PowerLawFit]:
         """One :class:`PowerLawFit` per input, from ``table`` or its copy already on the host."""
-        rows = (self.table.cpu() if host_table is None else host_table).tolist()
+        rows = (self.table.cpu() if host_table is None else host_table).numpy()
+        if self.options.interval == "analytic":
+            lo, hi = analytic_interval(rows[:, _ALPHA], rows[:, _NTAIL], self.options.confidence)
+            rows = rows.copy()
+            rows[:, _LO], rows[:, _HI] = lo, hi
         out = []
-        for (alpha, xmin, D, sigma, n_tail), count, reason in zip(
-            rows, self.num_values, self.reasons, strict=True
-        ):
+        for row, count, reason in zip(rows.tolist(), self.num_values, self.reasons, strict=True):
+            alpha, xmin, D, sigma, n_tail, lo, hi, fingers = row
+            if reason is None and math.isnan(alpha):
+                reason = "no xmin candidate in the estimator's range"
             if reason is not None:
                 out.append(PowerLawFit.failed(reason, count))
-            else:
-                out.append(PowerLawFit(alpha, xmin, D, sigma, int(n_tail), count))
+                continue
+            out.append(
+                PowerLawFit(
+                    alpha,
+                    xmin,
+                    D,
+                    sigma,
+                    int(n_tail),
+                    count,
+                    alpha_lo=lo,
+                    alpha_hi=hi,
+                    num_fingers=int(fingers),
+                )
+            )
         return out
+
+
+def _ks_rows(
+    xs: Sequence[torch.Tensor], batch: bool, allowed: Sequence[torch.Tensor] | None = None
+) -> torch.Tensor:
+    """The KS fit of each sorted spectrum, (len(xs), 5): alpha, xmin, D, sigma, n_tail; in one
+    padded batch (``batch``) or one at a time with candidate pruning."""
+    device = xs[0].device
+    out = torch.empty((len(xs), 5), dtype=torch.float64, device=device)
+    groups = [list(range(len(xs)))] if batch else [[k] for k in range(len(xs))]
+    for group in groups:
+        sizes = [xs[k].numel() for k in group]
+        lengths = torch.tensor(sizes, device=device)
+        padded = torch.empty((len(group), max(sizes)), dtype=torch.float64, device=device)
+        mask = None
+        if allowed is not None:
+            mask = torch.zeros(padded.shape, dtype=torch.bool, device=device)
+        for row, k in enumerate(group):
+            x = xs[k]
+            padded[row, : x.numel()] = x
+            padded[row, x.numel() :] = x[-1]
+            if mask is not None and allowed is not None:
+                mask[row, : x.numel()] = allowed[k]
+        fitted = _fit_padded(padded, lengths, allowed=mask)
+        out[group] = torch.stack([t.to(torch.float64) for t in fitted], dim=1)
+    return out
+
+
+def _estimate(xs: Sequence[torch.Tensor], options: FitOptions, batch: bool) -> torch.Tensor:
+    """``options.estimator`` on each sorted spectrum, (len(xs), 5) as :func:`_ks_rows`."""
+    if options.estimator == "hill_median":
+        return torch.stack(
+            [torch.stack(hill_median(x, options.xmin_position)).to(torch.float64) for x in xs]
+        )
+    allowed = [peak_allowed(x) for x in xs] if options.estimator == "ks_peak" else None
+    return _ks_rows(xs, batch, allowed)
+
+
+def _clip_fingers(
+    xs: Sequence[torch.Tensor], options: FitOptions, batch: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fits with ``fingers="clip"``: (len(xs), 5) as :func:`_estimate`, and the number of top
+    values each kept fit left out, (len(xs),) int64."""
+    device = xs[0].device
+    ks = list(CLIP_FINGER_RANGE)
+    variants: list[torch.Tensor] = []
+    where: list[tuple[int, int]] = []  # (spectrum, column) of each variant
+    for b, x in enumerate(xs):
+        variants.append(x)
+        where.append((b, 0))
+        for j, k in enumerate(ks, start=1):
+            if x.numel() - k >= 2 and x[-k - 1] > x[0]:  # >= 2 distinct values left
+                variants.append(x[:-k])
+                where.append((b, j))
+    fitted = _estimate(variants, options, batch)
+    grid = torch.full((len(xs), 1 + len(ks), 5), math.nan, dtype=torch.float64, device=device)
+    rows = torch.tensor([b for b, _ in where], device=device)
+    cols = torch.tensor([j for _, j in where], device=device)
+    grid[rows, cols] = fitted
+    choice = choose_clipped(grid[:, :, _ALPHA])
+    chosen = grid[torch.arange(len(xs), device=device), choice]
+    dropped = torch.tensor([0, *ks], device=device)[choice]
+    return chosen, dropped
+
+
+def _bootstrap(
+    xs: Sequence[torch.Tensor], options: FitOptions, batch: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Percentile bootstrap interval of each spectrum's alpha: ``options.n_boot`` resamples
+    each, refitted with the same estimator (xmin chosen again), all as one list of fits."""
+    device = xs[0].device
+    generator = torch.Generator(device=device).manual_seed(options.seed)
+    samples = [bootstrap_samples(x, options.n_boot, generator) for x in xs]
+    rows = [row for sample in samples for row in sample]
+    alphas = _estimate(rows, options, batch)[:, _ALPHA].reshape(len(xs), options.n_boot)
+    return percentile_interval(alphas, options.confidence)
 
 
 def fit_power_law_table(
     values: Sequence[Any],
     device: torch.device | str | None = None,
     batch: bool | None = None,
+    options: FitOptions | None = None,
 ) -> FitTable:
     """:func:`fit_power_law_batched`, with the results left on the compute device.
 
@@ -370,50 +569,59 @@ def fit_power_law_table(
         batch: fit all spectra in one padded batch (one launch sequence, the default off the
             CPU), or one at a time with candidate pruning (the default on a CPU, where the
             single-row tile stays in cache and nothing is spent on padding). Same results.
+        options: estimator, fingers and interval (default :class:`FitOptions`()).
 
-    There is one small transfer to the host, for the input checks of all spectra; the results
-    stay on the device.
+    There is one small transfer to the host for the input checks of all spectra (and, with
+    ``fingers="clip"`` and ``interval="bootstrap"`` together, one for the clipped lengths); the
+    results stay on the device.
     """
+    options = options if options is not None else FitOptions()
     if device is None:
         first_tensor = next((v for v in values if isinstance(v, torch.Tensor)), None)
         device = first_tensor.device if first_tensor is not None else torch.device("cpu")
     device = torch.device(device)
-    prepared = _prepare(values, device)
-    table = torch.full((len(prepared), 5), math.nan, dtype=torch.float64, device=device)
-    table[:, 4] = 0.0
-    todo = [k for k, (_, reason) in enumerate(prepared) if reason is None]
     if batch is None:
         batch = device.type != "cpu"
-    groups = [todo] if batch else [[k] for k in todo]
-    for group in groups:
-        if not group:
-            continue
-        sizes = [prepared[k][0].numel() for k in group]
-        lengths = torch.tensor(sizes, device=device)
-        padded = torch.empty((len(group), max(sizes)), dtype=torch.float64, device=device)
-        for row, k in enumerate(group):
-            x = prepared[k][0]
-            padded[row, : x.numel()] = x
-            padded[row, x.numel() :] = x[-1]
-        fitted = torch.stack([t.to(torch.float64) for t in _fit_padded(padded, lengths)], dim=1)
-        if len(group) == 1:
-            table[group[0]] = fitted[0]
+    prepared = _prepare(values, device)
+    table = torch.full((len(prepared), _NUM_COLUMNS), math.nan, dtype=torch.float64, device=device)
+    table[:, _NTAIL] = 0.0
+    todo = [k for k, (_, reason) in enumerate(prepared) if reason is None]
+    if todo:
+        xs = [prepared[k][0] for k in todo]
+        index = torch.tensor(todo, device=device)
+        if options.fingers == "clip":
+            fitted, dropped = _clip_fingers(xs, options, batch)
+            table[index, _FINGERS] = dropped.to(torch.float64)
+            if options.interval == "bootstrap":
+                xs = [x[: x.numel() - k] for x, k in zip(xs, dropped.tolist(), strict=True)]
         else:
-            table[torch.tensor(group, device=device)] = fitted
+            fitted = _estimate(xs, options, batch)
+            table[index, _FINGERS] = 0.0
+        table[index, :5] = fitted
+        if options.interval == "bootstrap":
+            lo, hi = _bootstrap(xs, options, batch)
+            table[index, _LO], table[index, _HI] = lo, hi
     return FitTable(
         table=table,
         num_values=[int(x.numel()) for x, _ in prepared],
         reasons=[reason for _, reason in prepared],
+        options=options,
     )
 
 
-def fit_work_bytes(lengths: Sequence[int], device: torch.device | str = "cpu") -> int:
+def fit_work_bytes(
+    lengths: Sequence[int], device: torch.device | str = "cpu", options: FitOptions | None = None
+) -> int:
     """Bytes the fit of spectra of these lengths holds at most: its KS tile (bounded by
-    ``_TILE_ELEMENTS_*``) and a dozen (rows × n) float64 work arrays."""
+    ``_TILE_ELEMENTS_*``) and a dozen (rows × n) float64 work arrays (rows: the spectra, or their
+    bootstrap resamples, when fitted as one batch)."""
     if not lengths:
         return 0
     device = torch.device(device)
-    batch = len(lengths) if device.type != "cpu" else 1
+    rows = len(lengths)
+    if options is not None and options.interval == "bootstrap":
+        rows *= options.n_boot
+    batch = rows if device.type != "cpu" else 1
     n = max(lengths)
     budget = _TILE_ELEMENTS_CPU if device.type == "cpu" else _TILE_ELEMENTS_GPU
     tile = min(batch * n * n, max(budget, batch * n))
@@ -421,31 +629,66 @@ def fit_work_bytes(lengths: Sequence[int], device: torch.device | str = "cpu") -
 
 
 def fit_power_law_batched(
-    values: Sequence[Any], device: torch.device | str | None = None
+    values: Sequence[Any],
+    device: torch.device | str | None = None,
+    options: FitOptions | None = None,
 ) -> list[PowerLawFit]:
     """Fit many spectra in one vectorised call.
 
     Args:
         values: a sequence of 1-D arrays or tensors (any lengths), e.g. the ESDs of several layers.
         device: where to compute; default: the device of the first tensor input, else CPU.
+        options: estimator, fingers and interval (default :class:`FitOptions`()).
 
     Returns:
         One :class:`PowerLawFit` per input, in order. Inputs that cannot be fitted (see
         :func:`fit_power_law`) get NaN fields and a reason; they never raise.
     """
-    return fit_power_law_table(values, device).results()
+    return fit_power_law_table(values, device, options=options).results()
 
 
-def fit_power_law(values: Any) -> PowerLawFit:
+def fit_power_law(
+    values: Any,
+    *,
+    estimator: str = "ks",
+    interval: str = "analytic",
+    confidence: float = 0.9,
+    n_boot: int = 100,
+    fingers: str | None = None,
+    xmin_position: float = 2.0,
+    seed: int = 0,
+) -> PowerLawFit:
     """Fit a power law to the tail of one spectrum (Clauset, Shalizi & Newman 2009).
 
     Args:
         values: 1-D array-like or tensor of eigenvalues (any units, any order). Zeros are ignored,
             as for a rank-deficient matrix.
+        estimator: ``"ks"`` (default: every xmin tried, smallest KS distance wins),
+            ``"hill_median"`` (xmin at index ``int(N / xmin_position)``, TempBalance's) or
+            ``"ks_peak"`` (KS search with xmin in [0.95, 1.5] × the ESD's peak, WeightWatcher's
+            ``xmin_peak``); see :mod:`spectral_monitor.estimators`.
+        interval: ``"analytic"`` (default, exact given xmin) or ``"bootstrap"`` (``n_boot``
+            resamples, xmin chosen again each time); see :mod:`spectral_monitor.intervals`.
+        confidence: level of the interval ``[alpha_lo, alpha_hi]``.
+        n_boot: resamples for the bootstrap.
+        fingers: ``"clip"`` drops top outliers as WeightWatcher's ``clip_xmax``; None keeps all.
+        xmin_position: see ``estimator="hill_median"``.
+        seed: the bootstrap generator's seed.
 
     Returns:
         A :class:`PowerLawFit`. When there is no valid fit — no values, NaN or Inf, negative
-        values, or fewer than 2 distinct positive values — all float fields are NaN and
-        ``reason`` says why. It never raises for bad data.
+        values, fewer than 2 distinct positive values — all float fields are NaN and ``reason``
+        says why. It never raises for bad data.
+
+    Raises:
+        ValueError: an option is invalid (the message names it).
+
+    Ties: the KS distance compares the fitted law with the empirical CDF just below each distinct
+    tail value (``powerlaw`` 1.x's and WeightWatcher's convention). Clauset's own ``plfit``
+    counts tied points one by one and reproduces the published CSN 2009 values for data with
+    ties (earthquakes, surnames); eigenvalue spectra rarely tie, so the two agree on them.
     """
-    return fit_power_law_batched([values])[0]
+    options = FitOptions.create(
+        estimator, xmin_position, fingers, interval, confidence, n_boot, seed
+    )
+    return fit_power_law_batched([values], options=options)[0]
