@@ -24,7 +24,7 @@ from spectral_monitor.distributed import torch_gather
 from spectral_monitor.history import SpectralHistory
 from spectral_monitor.layers import LayerFilter, select_layers
 from spectral_monitor.report import SpectralReport
-from spectral_monitor.tensorboard import write_layout, write_report_extras
+from spectral_monitor.tensorboard_sink import TensorBoardSink
 from spectral_monitor.tracker import SpectralTracker
 
 __all__ = ["SpectralMonitor"]
@@ -34,14 +34,15 @@ class SpectralMonitor(Callback):
     r"""Analyse the weight spectra of a model at the start of training and every
     ``every_n_steps`` optimizer steps, off the training thread, and log the results.
 
-    Logged with the step of the snapshot (the step axis of ``self.log``) to every logger:
-    ``spectral/alpha/<layer>``, ``spectral/lambda_max/<layer>``, ``spectral/alpha_mean``,
-    ``spectral/alpha_hat``, ``spectral/alpha_min``, ``spectral/frac_alpha_below_2``,
-    ``spectral/analysis_seconds``, ``spectral/skipped`` (analyses skipped because the previous one
-    was still running), ``spectral/snapshot_mb``. TensorBoard also gets a custom-scalars layout
-    (all layers on one chart), histograms of log10 λ per layer, optional ESD figures with the fit,
-    and a text table of verdicts. The scalars go into ``trainer.callback_metrics`` on every rank,
-    so ``EarlyStopping(monitor="spectral/alpha_mean", mode="max", ...)`` works.
+    Logged with the step of the snapshot (the step axis of ``self.log``) to every logger: model
+    curves under ``spectral/`` (``alpha/<layer>``, ``lambda_max/<layer>``, ``alpha_mean``,
+    ``alpha_min``, ``alpha_hat``, ``frac_alpha_below_2``, ``alpha_by_type/<type>``, …) and
+    housekeeping under ``spectral_meta/`` (``analysis_seconds``, ``analyses_skipped``, …); README
+    "TensorBoard" lists every tag. TensorBoard also gets a custom-scalars layout (all layers on one
+    chart), histograms of log10 λ per layer, a heatmap of alpha over layers and steps, optional ESD
+    figures with the fit (figures are drawn on the worker thread), and a table of verdicts. The
+    scalars go into ``trainer.callback_metrics`` on every rank, so
+    ``EarlyStopping(monitor="spectral/alpha_mean", mode="max", ...)`` works.
 
     Args:
         every_n_steps: analyse every this many optimizer steps (``trainer.global_step``).
@@ -123,7 +124,7 @@ class SpectralMonitor(Callback):
         )
         self.tracker.sinks.append(self._log_report)
         self._trainer: Trainer | None = None
-        self._layouts_written: set[str] = set()
+        self._tensorboard: dict[str, TensorBoardSink] = {}  # per TensorBoard logger's log_dir
         self._warned: set[str] = set()
         self.stopped_step: int | None = None
 
@@ -167,6 +168,9 @@ class SpectralMonitor(Callback):
                 "monitor.history and trainer.callback_metrics only.",
             )
         self.stopped_step = None
+        # Only the process that writes the logs needs figures drawn.
+        draws = trainer.is_global_zero and bool(_tensorboard_loggers(trainer))
+        self.tracker.image_sinks = [self._log_images] if draws else []
         distributed = trainer.world_size > 1 and torch.distributed.is_initialized()
         self.tracker.shard(
             trainer.global_rank, trainer.world_size, torch_gather if distributed else None
@@ -228,6 +232,7 @@ class SpectralMonitor(Callback):
     @override
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._collect(trainer, block=True)
+        self._guard("figures", self.tracker.finish)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
                 self._guard("logger", lambda lg=logger: lg.experiment.flush())
@@ -245,6 +250,8 @@ class SpectralMonitor(Callback):
         if stage == "fit":
             self._guard("shutdown", self.tracker.close)
             self._trainer = None
+            self._tensorboard = {}
+            self.tracker.image_sinks = []
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -277,13 +284,12 @@ class SpectralMonitor(Callback):
             self.stopped_step = trainer.global_step
             reason = self.tracker.stop_reason or "the stop rule fired on another rank"
             rank_zero_info(f"SpectralMonitor: stopping at step {trainer.global_step}: {reason}")
-            for logger in _tensorboard_loggers(trainer):
-                self._guard(
-                    "logger",
-                    lambda lg=logger: lg.experiment.add_text(
-                        f"{self.tracker.prefix}/stop_reason", reason, trainer.global_step
-                    ),
-                )
+            if trainer.is_global_zero:
+                for sink in self._tensorboard_sinks(trainer):
+                    self._guard(
+                        "logger",
+                        lambda s=sink: s.write_text("stop_reason", reason, trainer.global_step),
+                    )
 
     def _log_report(self, report: SpectralReport, step: int) -> None:
         trainer = self._trainer
@@ -296,16 +302,36 @@ class SpectralMonitor(Callback):
             self._guard("logger", lambda lg=logger: lg.log_metrics(scalars, step=step))
         if not trainer.is_global_zero:
             return
-        prefix, extras = self.tracker.prefix, self.tracker.extras_due()
+        extras = self.tracker.extras_due()
+        for sink in self._tensorboard_sinks(trainer):
+            self._guard(
+                "logger",
+                lambda s=sink: s.write_report(
+                    report, step, scalars, extras["histograms"], extras["text"]
+                ),
+            )
+
+    def _log_images(self, step: int, images: dict[str, Any]) -> None:
+        if self._trainer is None:
+            return
+        for sink in self._tensorboard_sinks(self._trainer):
+            self._guard("logger", lambda s=sink: s.write_images(step, images))
+
+    def _tensorboard_sinks(self, trainer: Trainer) -> list[TensorBoardSink]:
+        """One sink per TensorBoard logger; its scalars come through ``log_metrics``."""
+        sinks = []
         for logger in _tensorboard_loggers(trainer):
+            if logger.log_dir not in self._tensorboard:
+                self._guard("logger", lambda lg=logger: self._open_sink(lg))
+            if logger.log_dir in self._tensorboard:
+                sinks.append(self._tensorboard[logger.log_dir])
+        return sinks
 
-            def write(lg: TensorBoardLogger = logger) -> None:
-                if lg.log_dir not in self._layouts_written:
-                    write_layout(lg.experiment, prefix)
-                    self._layouts_written.add(lg.log_dir)
-                write_report_extras(lg.experiment, report, step, prefix, **extras)
-
-            self._guard("logger", write)
+    def _open_sink(self, logger: TensorBoardLogger) -> None:
+        rule = self.tracker.stop_rule
+        threshold = None if rule is None else rule.threshold
+        sink = TensorBoardSink(logger.experiment, self.tracker.prefix, threshold, scalars=False)
+        self._tensorboard[logger.log_dir] = sink
 
     def _guard(self, what: str, action: Any) -> None:
         """Run ``action``; an exception becomes one warning per kind, never a failed run."""

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from spectral_monitor.report import SpectralReport
 
 __all__ = ["AGGREGATE_KEYS", "SpectralHistory"]
@@ -65,6 +67,20 @@ class SpectralHistory:
         """(steps, alphas) of one layer."""
         track = self.layers[layer]
         return [int(s) for s in track["step"]], list(track["alpha"])
+
+    def alpha_matrix(self) -> tuple[list[str], list[int], np.ndarray]:
+        """alpha of every layer at every analysis: (layers in model order, steps,
+        (num_layers, num_steps) float64 array, NaN where a layer has no alpha at a step)."""
+        steps = self.steps
+        column = {step: j for j, step in enumerate(steps)}
+        names = list(self.layers)
+        matrix = np.full((len(names), len(steps)), np.nan)
+        for i, name in enumerate(names):
+            track = self.layers[name]
+            for step, alpha in zip(track["step"], track["alpha"], strict=True):
+                if int(step) in column:
+                    matrix[i, column[int(step)]] = alpha
+        return names, steps, matrix
 
     def to_rows(self) -> list[dict[str, Any]]:
         """One row per (step, layer): step, layer, alpha, lambda_max."""

@@ -1,6 +1,7 @@
-"""Matplotlib figures: an ESD on log-log axes with its power-law fit, alpha per layer, and alpha
-trajectories. Every function returns a ``Figure`` for the caller to save or log; none calls
-``plt.show()``. The non-interactive Agg canvas is used, so figures work without a display."""
+"""Matplotlib figures: an ESD on log-log axes with its power-law fit, alpha per layer, alpha
+trajectories, and the heatmap of alpha over layers and steps. Every function returns a
+``Figure`` for the caller to save or log; none calls ``plt.show()``. The non-interactive Agg
+canvas is used, so figures work without a display."""
 
 from __future__ import annotations
 
@@ -9,12 +10,19 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 
 from spectral_monitor.metrics import OVER_TRAINED_BELOW, UNDER_TRAINED_ABOVE
 from spectral_monitor.powerlaw_fit import PowerLawFit
 
-__all__ = ["plot_alpha_by_layer", "plot_alpha_trajectories", "plot_esd"]
+__all__ = [
+    "figure_to_array",
+    "plot_alpha_by_layer",
+    "plot_alpha_heatmap",
+    "plot_alpha_trajectories",
+    "plot_esd",
+]
 
 
 def _figure(width: float = 6.4, height: float = 4.4) -> Figure:
@@ -105,3 +113,67 @@ def plot_alpha_trajectories(
     if 0 < len(trajectories) <= 12:
         ax.legend(fontsize=7, ncol=2)
     return fig
+
+
+def plot_alpha_heatmap(
+    layers: Sequence[str],
+    steps: Sequence[int],
+    alpha: np.ndarray,
+    unreliable: np.ndarray | None = None,
+    title: str = "alpha by layer and step",
+) -> Figure:
+    """Layers (rows, in model order) × analyses (columns, by step) coloured by alpha.
+
+    The colour map diverges at alpha = 2 (red below: over-trained, blue above), and alpha = 6
+    (under-trained above) is a line on the colour bar; cells with no alpha (skipped layer, no
+    analysis) or an unreliable fit are left grey and hatched.
+
+    Args:
+        layers: row labels, ``len(layers) == alpha.shape[0]``.
+        steps: column labels (training steps), ``len(steps) == alpha.shape[1]``.
+        alpha: (num_layers, num_steps) float; NaN where there is no alpha.
+        unreliable: (num_layers, num_steps) bool, True where the fit is not to be trusted.
+        title: axes title.
+    """
+    values = np.asarray(alpha, dtype=np.float64).reshape(len(layers), len(steps))
+    hidden = ~np.isfinite(values)
+    if unreliable is not None:
+        hidden |= np.asarray(unreliable, dtype=bool).reshape(values.shape)
+    shown = np.ma.masked_array(values, mask=hidden)
+    fig = _figure(min(14.0, 4.5 + 0.12 * len(steps)), min(14.0, 2.2 + 0.22 * len(layers)))
+    ax = fig.add_subplot()
+    ax.set_facecolor("#d9d9d9")
+    ax.patch.set_hatch("///")
+    ax.patch.set_edgecolor("#a6a6a6")
+    finite = values[~hidden]
+    hi = max(UNDER_TRAINED_ABOVE + 0.5, float(finite.max()) if finite.size else 0.0)
+    lo = min(OVER_TRAINED_BELOW - 0.5, float(finite.min()) if finite.size else 9.0)
+    norm = TwoSlopeNorm(vcenter=OVER_TRAINED_BELOW, vmin=max(lo, 0.0), vmax=hi)
+    edges_x = np.arange(len(steps) + 1) - 0.5
+    edges_y = np.arange(len(layers) + 1) - 0.5
+    mesh = ax.pcolormesh(edges_x, edges_y, shown, cmap="RdBu", norm=norm)
+    ax.set_xlim(edges_x[0], edges_x[-1])
+    ax.set_ylim(edges_y[-1], edges_y[0])  # first layer on top, as in the model
+    every = max(1, len(steps) // 12)
+    ticks = list(range(0, len(steps), every))
+    ax.set_xticks(ticks, [str(steps[i]) for i in ticks], fontsize=8)
+    row_every = max(1, len(layers) // 40)
+    rows = list(range(0, len(layers), row_every))
+    ax.set_yticks(rows, [layers[i] for i in rows], fontsize=7)
+    ax.set_xlabel("step")
+    ax.set_title(title)
+    bar = fig.colorbar(mesh, ax=ax, fraction=0.05, pad=0.02)
+    bar.set_label("alpha  (grey hatched: skipped or unreliable)")
+    for level, color in ((OVER_TRAINED_BELOW, "black"), (UNDER_TRAINED_ABOVE, "#8172b2")):
+        bar.ax.axhline(level, color=color, lw=2)
+    ticks = {OVER_TRAINED_BELOW, UNDER_TRAINED_ABOVE, *(float(t) for t in bar.get_ticks())}
+    bar.set_ticks(sorted(t for t in ticks if norm.vmin <= t <= norm.vmax))
+    return fig
+
+
+def figure_to_array(fig: Figure, dpi: int = 100) -> np.ndarray:
+    """Render ``fig`` to an (height, width, 3) uint8 RGB array (what ``add_image`` takes)."""
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    fig.set_dpi(dpi)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from spectral_monitor.metrics import aggregate_metrics
+from spectral_monitor.module_types import alpha_by_type
 from spectral_monitor.powerlaw_fit import PowerLawFit
 
 __all__ = ["ROW_FIELDS", "LayerSpectrum", "SpectralReport"]
@@ -120,22 +121,42 @@ class SpectralReport:
         return self.aggregates["alpha_hat"]
 
     def scalars(self, prefix: str = "spectral") -> dict[str, float]:
-        """Scalars to log: ``{prefix}/alpha/<layer>``, ``{prefix}/lambda_max/<layer>`` for
-        fitted layers, and ``{prefix}/alpha_mean``, ``alpha_hat``, ``alpha_min``,
-        ``frac_alpha_below_2``, ``num_skipped_layers``, ``analysis_seconds``,
-        ``analysis_memory_mb``. NaN values are left out (loggers draw them as gaps or reject
-        them)."""
+        """Scalars to log, model curves under ``{prefix}/`` and housekeeping under
+        ``{prefix}_meta/`` (README "TensorBoard" lists every tag):
+
+        - ``{prefix}/alpha/<layer>``, ``{prefix}/lambda_max/<layer>`` for fitted layers;
+        - ``{prefix}/alpha_mean``, ``alpha_min``, ``alpha_hat``, ``frac_alpha_below_2``;
+        - ``{prefix}/alpha_mean_minus_std``, ``alpha_mean_plus_std``: alpha_mean ± the standard
+          deviation of alpha over the layers (a margin chart draws the band);
+        - ``{prefix}/alpha_by_type/<type>``: mean alpha per module type shared by >= 2 layers
+          (see :mod:`spectral_monitor.module_types`);
+        - ``{prefix}_meta/layers_skipped``, ``analysis_seconds``, ``analysis_memory_mb``.
+
+        NaN values are left out (loggers draw them as gaps or reject them)."""
+        meta = f"{prefix}_meta"
         out: dict[str, float] = {}
         for la in self.fitted:
             out[f"{prefix}/alpha/{la.name}"] = float(la.alpha)
             out[f"{prefix}/lambda_max/{la.name}"] = float(la.lambda_max)
         agg = self.aggregates
-        for key in ("alpha_mean", "alpha_hat", "alpha_min", "frac_alpha_below_2"):
+        for key in ("alpha_mean", "alpha_min", "alpha_hat", "frac_alpha_below_2"):
             out[f"{prefix}/{key}"] = float(agg[key])
-        out[f"{prefix}/num_skipped_layers"] = float(agg["num_skipped"])
-        out[f"{prefix}/analysis_seconds"] = float(self.seconds)
+        alphas = np.array([la.alpha for la in self.fitted], dtype=np.float64)
+        if alphas.size:
+            spread = float(alphas.std())
+            out[f"{prefix}/alpha_mean_minus_std"] = float(agg["alpha_mean"]) - spread
+            out[f"{prefix}/alpha_mean_plus_std"] = float(agg["alpha_mean"]) + spread
+        trusted = {la.name for la in self.fitted}
+        by_type = alpha_by_type(
+            [la.name for la in self.layers],
+            [la.alpha if la.name in trusted else math.nan for la in self.layers],
+        )
+        for kind, mean in by_type.items():
+            out[f"{prefix}/alpha_by_type/{kind}"] = mean
+        out[f"{meta}/layers_skipped"] = float(agg["num_skipped"])
+        out[f"{meta}/analysis_seconds"] = float(self.seconds)
         if self.memory_bytes:
-            out[f"{prefix}/analysis_memory_mb"] = self.memory_bytes / 2**20
+            out[f"{meta}/analysis_memory_mb"] = self.memory_bytes / 2**20
         return {k: v for k, v in out.items() if math.isfinite(v)}
 
     def layer(self, name: str) -> LayerSpectrum:

@@ -19,6 +19,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import nn
 
@@ -30,6 +31,7 @@ from spectral_monitor.report import SpectralReport
 from spectral_monitor.sharded_weights import needs_collectives
 from spectral_monitor.snapshot import take_snapshot
 from spectral_monitor.stopping import STOP_ON, ThresholdStopRule
+from spectral_monitor.tensorboard_sink import TensorBoardSink, draw_figures
 from spectral_monitor.worker import AnalysisResult, AnalysisWorker
 
 __all__ = ["MODES", "SpectralTracker"]
@@ -38,6 +40,8 @@ MODES = ("auto", "thread", "sync")
 
 #: A sink receives each finished report and the step to log it at.
 ReportSink = Callable[[SpectralReport, int], None]
+#: An image sink receives figures drawn on the worker: the step, ``{name: (H, W, 3) uint8}``.
+ImageSink = Callable[[int, dict[str, np.ndarray]], None]
 
 
 def _check_int(name: str, value: Any, minimum: int, allow_none: bool = False) -> None:
@@ -140,6 +144,8 @@ class SpectralTracker:
         self.history = SpectralHistory()
         self.latest: SpectralReport | None = None
         self.sinks: list[ReportSink] = []
+        #: Figures are drawn (on the worker) only while some image sink wants them.
+        self.image_sinks: list[ImageSink] = []
         self.num_analyses = 0
         self.num_skipped = 0
         self.num_failed = 0
@@ -148,6 +154,8 @@ class SpectralTracker:
         self._worker = AnalysisWorker(self.mode)  # type: ignore[arg-type]
         self._writer: Any = None
         self._warned_failure = False
+        self._warned_figures = False
+        self._drawn: dict[str, int | None] = {"esd": None, "heatmap": None}
         self._rank, self._world_size = 0, 1
         self._gather: Gather | None = None
         self._pending_order: list[str] | None = None  # layers of a sharded analysis in flight
@@ -250,10 +258,52 @@ class SpectralTracker:
             self.latest = report
             if self.stop_rule is not None:
                 self.stop_rule.update(report)
+            extras = self.extras_due()
             for sink in self.sinks:
                 sink(report, int(report.step if report.step is not None else 0))
+            self._ask_figures(report, esd=extras["figures"], heatmap=extras["heatmap"])
             reports.append(report)
+        self._deliver_figures(block)
         return reports
+
+    def _ask_figures(self, report: SpectralReport, esd: bool, heatmap: bool) -> None:
+        """Have the worker draw ``report``'s ESD figures and/or the heatmap of the history so far
+        (copied now: the history grows while the worker draws)."""
+        if not self.image_sinks or not (esd or heatmap) or report.step is None:
+            return
+        history = None
+        if heatmap:
+            history = SpectralHistory()
+            history.load_state_dict(self.history.state_dict())
+            self._drawn["heatmap"] = report.step
+        if esd:
+            self._drawn["esd"] = report.step
+        shown = report if esd else None
+        self._worker.render(report.step, lambda: draw_figures(shown, history))
+
+    def _deliver_figures(self, block: bool) -> None:
+        for result in self._worker.poll_renders(block):
+            if result.error is not None:
+                if not self._warned_figures:
+                    self._warned_figures = True
+                    rank_zero_warn(
+                        f"SpectralMonitor: drawing the figures of step {result.step} failed; "
+                        f"training goes on without them.\n{result.error}"
+                    )
+                continue
+            if result.images:
+                for sink in self.image_sinks:
+                    sink(result.step, result.images)
+
+    def finish(self) -> None:
+        """At the end of training, after the last analysis was taken in: draw the last
+        analysis's ESD figures (when figures are on) and the heatmap of the whole run, unless
+        already drawn, and hand them to the image sinks before returning."""
+        latest = self.latest
+        if latest is not None and latest.step is not None:
+            esd = self.log_figures_every is not None and self._drawn["esd"] != latest.step
+            self._ask_figures(latest, esd=esd, heatmap=self._drawn["heatmap"] != latest.step)
+        self._deliver_figures(block=True)
 
     def _gather_results(self) -> list[AnalysisResult]:
         """This rank's part of the pending analysis, merged with every other rank's."""
@@ -286,13 +336,24 @@ class SpectralTracker:
         index = self.num_analyses - 1
         every = index % self.histogram_every == 0
         figures = self.log_figures_every is not None and index % self.log_figures_every == 0
-        return {"histograms": self.log_histograms and every, "figures": figures, "text": every}
+        return {
+            "histograms": self.log_histograms and every,
+            "figures": figures,
+            "text": every,
+            "heatmap": every,
+        }
 
     def scalars(self, report: SpectralReport) -> dict[str, float]:
-        """The report's scalars plus this tracker's counters."""
+        """The report's scalars (:meth:`SpectralReport.scalars`), ``<prefix>/stop_threshold``
+        when a stop rule is set, and this tracker's counters under ``<prefix>_meta/``:
+        ``analyses_skipped`` (back-pressure), ``analyses_failed``, ``snapshot_mb``."""
         out = report.scalars(self.prefix)
-        out[f"{self.prefix}/skipped"] = float(self.num_skipped)
-        out[f"{self.prefix}/snapshot_mb"] = self.last_snapshot_bytes / 2**20
+        if self.stop_rule is not None:
+            out[f"{self.prefix}/stop_threshold"] = self.stop_rule.threshold
+        meta = f"{self.prefix}_meta"
+        out[f"{meta}/analyses_skipped"] = float(self.num_skipped)
+        out[f"{meta}/analyses_failed"] = float(self.num_failed)
+        out[f"{meta}/snapshot_mb"] = self.last_snapshot_bytes / 2**20
         return out
 
     # --- plain-loop use ------------------------------------------------------------------
@@ -310,18 +371,23 @@ class SpectralTracker:
     def _open_writer(self) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        from spectral_monitor.tensorboard import write_layout, write_report_extras, write_scalars
-
         self._writer = SummaryWriter(self.log_dir)
-        write_layout(self._writer, self.prefix)
-        writer = self._writer
+        threshold = None if self.stop_rule is None else self.stop_rule.threshold
+        tensorboard = TensorBoardSink(self._writer, self.prefix, threshold)
 
         def sink(report: SpectralReport, step: int) -> None:
-            write_scalars(writer, self.scalars(report), step)
-            write_report_extras(writer, report, step, self.prefix, **self.extras_due())
-            writer.flush()
+            extras = self.extras_due()
+            tensorboard.write_report(
+                report, step, self.scalars(report), extras["histograms"], extras["text"]
+            )
+            tensorboard.flush()
+
+        def image_sink(step: int, images: dict[str, np.ndarray]) -> None:
+            tensorboard.write_images(step, images)
+            tensorboard.flush()
 
         self.sinks.append(sink)
+        self.image_sinks.append(image_sink)
 
     def close(self, gather: bool = True) -> list[SpectralReport]:
         """Finish and take in outstanding work, join the worker thread, close ``log_dir``'s
@@ -333,6 +399,7 @@ class SpectralTracker:
         """
         if gather or self._gather is None:
             reports = self.collect(block=True)
+            self.finish()
         else:
             reports, self._pending_order = [], None
         self._worker.close()
@@ -340,6 +407,7 @@ class SpectralTracker:
             self._writer.close()
             self._writer = None
             self.sinks.clear()
+            self.image_sinks.clear()
         return reports
 
     def reset(self) -> None:
@@ -349,6 +417,7 @@ class SpectralTracker:
         self.latest = None
         self.num_analyses = self.num_skipped = self.num_failed = 0
         self._last_attempt = None
+        self._drawn = {"esd": None, "heatmap": None}
         if self.stop_rule is not None:
             self.stop_rule.load_state_dict({})
 

@@ -7,6 +7,10 @@ stream right after the copies were enqueued, so the copies are complete before t
 the training stream never waits for the analysis. ``torch.linalg`` decompositions synchronise the
 host with the device; on the worker thread that stalls only the worker.
 
+Figures are drawn on the same thread (:meth:`AnalysisWorker.render`), after the analysis queued
+before them: matplotlib takes tens of milliseconds per figure, which the training thread must not
+pay.
+
 Back-pressure: one analysis at a time. :meth:`AnalysisWorker.submit` refuses a new one while the
 previous is running, and the caller counts the skip, so at most one snapshot is held.
 """
@@ -16,11 +20,13 @@ from __future__ import annotations
 import contextlib
 import threading
 import traceback
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
 import torch
 
 from spectral_monitor.analysis import analyze_snapshot
@@ -28,7 +34,7 @@ from spectral_monitor.config import AnalysisConfig
 from spectral_monitor.report import SpectralReport
 from spectral_monitor.snapshot import LayerSnapshot
 
-__all__ = ["WORKER_MODES", "AnalysisResult", "AnalysisWorker"]
+__all__ = ["WORKER_MODES", "AnalysisResult", "AnalysisWorker", "RenderResult"]
 
 WORKER_MODES = ("thread", "sync")
 WorkerMode = Literal["thread", "sync"]
@@ -41,6 +47,20 @@ class AnalysisResult:
     step: int
     report: SpectralReport | None
     error: str | None = None
+
+
+@dataclass
+class RenderResult:
+    """Figures drawn for one step: ``images[name]`` is an (H, W, 3) uint8 RGB array; or the
+    traceback of the failure."""
+
+    step: int
+    images: dict[str, np.ndarray] = field(default_factory=dict)
+    error: str | None = None
+
+
+#: Draws figures; returns ``{name: (H, W, 3) uint8 array}``.
+Draw = Callable[[], dict[str, np.ndarray]]
 
 
 class AnalysisWorker:
@@ -57,6 +77,8 @@ class AnalysisWorker:
         self._executor: ThreadPoolExecutor | None = None
         self._futures: list[Future[AnalysisResult]] = []
         self._done: list[AnalysisResult] = []
+        self._renders: list[Future[RenderResult]] = []
+        self._rendered: list[RenderResult] = []
         self._streams: dict[torch.device, torch.cuda.Stream] = {}
         self._lock = threading.Lock()
 
@@ -83,6 +105,26 @@ class AnalysisWorker:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="spectral-monitor")
         self._futures.append(self._executor.submit(self._run, snapshot, config, step, ready))
         return True
+
+    def render(self, step: int, draw: Draw) -> None:
+        """Run ``draw`` after the work already queued (inline in ``"sync"`` mode); its result
+        comes back from :meth:`poll_renders`. Never refused: drawing holds no snapshot."""
+        if self.mode == "sync":
+            self._rendered.append(_draw(step, draw))
+            return
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="spectral-monitor")
+        self._renders.append(self._executor.submit(_draw, step, draw))
+
+    def poll_renders(self, block: bool = False) -> list[RenderResult]:
+        """Figures finished since the last call, in the order they were asked for; ``block``
+        waits for all of them."""
+        if block and self._renders:
+            wait_futures(list(self._renders))
+        finished = [f for f in self._renders if f.done()]
+        self._renders = [f for f in self._renders if not f.done()]
+        results, self._rendered = self._rendered + [f.result() for f in finished], []
+        return results
 
     def _stream(self, device: torch.device) -> torch.cuda.Stream:
         with self._lock:
@@ -133,7 +175,16 @@ class AnalysisWorker:
         """Finish outstanding work, join the worker thread, and return what was still unread.
         The worker can be used again afterwards (a new thread starts on the next submit)."""
         results = self.wait()
+        if self._renders:
+            wait_futures(list(self._renders))
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
         return results
+
+
+def _draw(step: int, draw: Draw) -> RenderResult:
+    try:
+        return RenderResult(step, draw())
+    except Exception:
+        return RenderResult(step, error=traceback.format_exc())

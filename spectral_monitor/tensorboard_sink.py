@@ -1,0 +1,223 @@
+"""Writing a monitor's results to a TensorBoard ``SummaryWriter``: the one sink behind both the
+Lightning callback and the plain-loop tracker.
+
+What goes where (README "TensorBoard" has the table of tags): model curves and pictures under
+``<prefix>/``, housekeeping under ``<prefix>_meta/`` so TensorBoard's Time Series tab, which groups
+cards by the part of the tag before the first ``/``, shows them apart.
+
+Facts this module respects:
+
+- ``add_scalars`` makes one run directory per curve, so the all-layers charts are a custom-scalars
+  layout (regexes over tags) instead.
+- TensorBoard's custom-scalars plugin reads one layout per run directory, the last one written;
+  several monitors (prefixes) writing into one directory must therefore each write the *merged*
+  layout of every prefix seen there (:func:`register_layout`).
+- TensorBoard re-bins histograms into 30 linear bins, which crushes a heavy-tailed ESD into one
+  bin, so the histogram is of log10 λ; ``add_histogram`` does not drop NaN/Inf itself.
+- Figures arrive already drawn (RGB arrays from the worker thread, see :func:`draw_figures`):
+  writing them here costs a PNG encode, not a matplotlib render.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from spectral_monitor.history import SpectralHistory
+from spectral_monitor.plots import figure_to_array, plot_alpha_heatmap, plot_esd
+from spectral_monitor.report import SpectralReport
+
+__all__ = [
+    "TensorBoardSink",
+    "custom_scalar_layout",
+    "draw_figures",
+    "register_layout",
+    "verdict_table",
+]
+
+#: Layouts written per run directory: ``{log_dir: {prefix: stop_threshold}}``.
+_LAYOUTS: dict[str, dict[str, float | None]] = {}
+_LAYOUTS_LOCK = threading.Lock()
+
+
+def custom_scalar_layout(
+    prefixes: Mapping[str, float | None] | str = "spectral",
+) -> dict[str, dict[str, list[Any]]]:
+    """The custom-scalars layout: one category per prefix, each with the charts "alpha — all
+    layers", "λmax — all layers", "alpha_mean and alpha_min" (with ``<prefix>/stop_threshold``
+    when a threshold is set), "alpha_hat" alone (its scale, alpha · ln λmax, differs), and the
+    margin chart "alpha_mean ± std over layers".
+
+    Args:
+        prefixes: ``{prefix: stop_threshold or None}``, or one prefix.
+    """
+    if isinstance(prefixes, str):
+        prefixes = {prefixes: None}
+    layout: dict[str, dict[str, list[Any]]] = {}
+    for prefix, threshold in prefixes.items():
+        p = re.escape(prefix)
+        lower = [rf"^{p}/alpha_mean$", rf"^{p}/alpha_min$"]
+        if threshold is not None:
+            lower.append(rf"^{p}/stop_threshold$")
+        layout[prefix] = {
+            "alpha — all layers": ["Multiline", [rf"^{p}/alpha/"]],
+            "λmax — all layers": ["Multiline", [rf"^{p}/lambda_max/"]],
+            "alpha_mean and alpha_min": ["Multiline", lower],
+            "alpha_hat": ["Multiline", [rf"^{p}/alpha_hat$"]],
+            "alpha_mean ± std over layers": [
+                "Margin",
+                [
+                    f"{prefix}/alpha_mean",
+                    f"{prefix}/alpha_mean_minus_std",
+                    f"{prefix}/alpha_mean_plus_std",
+                ],
+            ],
+            "alpha by module type": ["Multiline", [rf"^{p}/alpha_by_type/"]],
+        }
+    return layout
+
+
+def _log_dir(writer: Any) -> str:
+    for name in ("log_dir", "logdir"):
+        value = getattr(writer, name, None)
+        if isinstance(value, str):
+            return value
+    getter = getattr(writer, "get_logdir", None)
+    return str(getter()) if callable(getter) else f"writer-{id(writer)}"
+
+
+def register_layout(writer: Any, prefix: str, stop_threshold: float | None = None) -> None:
+    """Add ``prefix`` to the layout of ``writer``'s run directory and write the merged layout of
+    every prefix registered there in this process (the last layout written is the one shown)."""
+    key = _log_dir(writer)
+    with _LAYOUTS_LOCK:
+        prefixes = _LAYOUTS.setdefault(key, {})
+        if prefix in prefixes and prefixes[prefix] == stop_threshold:
+            return  # this very layout is already the last one written there
+        prefixes[prefix] = stop_threshold
+        writer.add_custom_scalars(custom_scalar_layout(dict(prefixes)))
+
+
+def _fmt(value: float, spec: str) -> str:
+    return format(value, spec) if math.isfinite(value) else "–"
+
+
+def verdict_table(report: SpectralReport) -> str:
+    """A Markdown table of the layers (TensorBoard's text plugin renders Markdown): alpha, the
+    number of eigenvalues in the fitted tail, the KS distance D, λmax and the verdict."""
+    lines = [
+        "| layer | shape | alpha | n_tail | D | λmax | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for la in report.layers:
+        shape = "x".join(str(s) for s in la.shape)
+        if la.skipped is not None:
+            lines.append(f"| {la.name} | {shape} | – | – | – | – | skipped: {la.skipped} |")
+            continue
+        lines.append(
+            f"| {la.name} | {shape} | {_fmt(la.alpha, '.3f')} | {la.n_tail} | "
+            f"{_fmt(la.D, '.3f')} | {_fmt(la.lambda_max, '.4g')} | {la.verdict} |"
+        )
+    agg = report.aggregates
+    lines.append("")
+    lines.append(
+        f"alpha_mean = {_fmt(agg['alpha_mean'], '.3f')}, "
+        f"alpha_hat = {_fmt(agg['alpha_hat'], '.3f')}, "
+        f"fraction of layers with alpha < 2 = {_fmt(agg['frac_alpha_below_2'], '.2f')}"
+    )
+    return "\n".join(lines)
+
+
+def draw_figures(
+    report: SpectralReport | None,
+    history: SpectralHistory | None,
+) -> dict[str, np.ndarray]:
+    """Draw the figures of one step as RGB arrays (meant for the worker thread).
+
+    Args:
+        report: draw its ESD with the fit per layer (``esd_fit/<layer>``), or None for none.
+        history: draw its heatmap of alpha (``alpha_heatmap``), or None for none.
+
+    Returns:
+        ``{name: (H, W, 3) uint8}``; names are relative to the prefix.
+    """
+    images: dict[str, np.ndarray] = {}
+    if report is not None:
+        for la in report.layers:
+            if la.evals is None or not np.any(np.isfinite(la.evals) & (la.evals > 0)):
+                continue
+            figure = plot_esd(la.evals, la.fit, f"{la.name} @ step {report.step}")
+            images[f"esd_fit/{la.name}"] = figure_to_array(figure)
+    if history is not None and len(history):
+        layers, steps, alpha = history.alpha_matrix()
+        if layers:
+            title = f"alpha by layer, steps {steps[0]}..{steps[-1]}"
+            images["alpha_heatmap"] = figure_to_array(
+                plot_alpha_heatmap(layers, steps, alpha, title=title)
+            )
+    return images
+
+
+class TensorBoardSink:
+    """Writes one monitor's results to one ``SummaryWriter``.
+
+    Args:
+        writer: a ``torch.utils.tensorboard.SummaryWriter`` (or anything with its ``add_*``).
+        prefix: the monitor's tag prefix; housekeeping goes under ``<prefix>_meta/``.
+        stop_threshold: the stop rule's threshold, drawn with alpha_mean/alpha_min; None: none.
+        scalars: write the scalars too (False when another path, e.g. Lightning's
+            ``log_metrics``, already writes them to this writer).
+    """
+
+    def __init__(
+        self,
+        writer: Any,
+        prefix: str = "spectral",
+        stop_threshold: float | None = None,
+        scalars: bool = True,
+    ) -> None:
+        self.writer = writer
+        self.prefix = prefix
+        self.scalars = scalars
+        register_layout(writer, prefix, stop_threshold)
+
+    def write_report(
+        self,
+        report: SpectralReport,
+        step: int,
+        scalars: Mapping[str, float],
+        histograms: bool = True,
+        text: bool = True,
+    ) -> None:
+        """The scalars (if this sink writes them), histograms of log10 λ per layer, and the
+        verdict table, at ``step``."""
+        if self.scalars:
+            for tag, value in scalars.items():
+                self.writer.add_scalar(tag, value, step)
+        if histograms:
+            for la in report.layers:
+                if la.evals is None:
+                    continue
+                values = la.evals[np.isfinite(la.evals) & (la.evals > 0)]
+                if values.size:
+                    tag = f"{self.prefix}/esd_log10/{la.name}"
+                    self.writer.add_histogram(tag, np.log10(values), step)
+        if text:
+            self.writer.add_text(f"{self.prefix}/verdicts", verdict_table(report), step)
+
+    def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
+        """Figures drawn by :func:`draw_figures`, as ``<prefix>/<name>`` at ``step``."""
+        for name, image in images.items():
+            self.writer.add_image(f"{self.prefix}/{name}", image, step, dataformats="HWC")
+
+    def write_text(self, name: str, text: str, step: int) -> None:
+        """A text entry ``<prefix>/<name>`` (e.g. ``stop_reason``)."""
+        self.writer.add_text(f"{self.prefix}/{name}", text, step)
+
+    def flush(self) -> None:
+        self.writer.flush()
