@@ -7,9 +7,9 @@ stream right after the copies were enqueued, so the copies are complete before t
 the training stream never waits for the analysis. ``torch.linalg`` decompositions synchronise the
 host with the device; on the worker thread that stalls only the worker.
 
-Figures are drawn on the same thread (:meth:`AnalysisWorker.render`), after the analysis queued
-before them: matplotlib takes tens of milliseconds per figure, which the training thread must not
-pay.
+Figures are drawn on a second worker thread (:meth:`AnalysisWorker.render`): matplotlib takes tens
+of milliseconds per figure, which the training thread must not pay, and drawing on the analysis
+thread would delay the next analysis into a back-pressure skip.
 
 Back-pressure: one analysis at a time. :meth:`AnalysisWorker.submit` refuses a new one while the
 previous is running, and the caller counts the skip, so at most one snapshot is held.
@@ -77,6 +77,7 @@ class AnalysisWorker:
         self._executor: ThreadPoolExecutor | None = None
         self._futures: list[Future[AnalysisResult]] = []
         self._done: list[AnalysisResult] = []
+        self._drawer: ThreadPoolExecutor | None = None
         self._renders: list[Future[RenderResult]] = []
         self._rendered: list[RenderResult] = []
         self._streams: dict[torch.device, torch.cuda.Stream] = {}
@@ -107,14 +108,15 @@ class AnalysisWorker:
         return True
 
     def render(self, step: int, draw: Draw) -> None:
-        """Run ``draw`` after the work already queued (inline in ``"sync"`` mode); its result
-        comes back from :meth:`poll_renders`. Never refused: drawing holds no snapshot."""
+        """Run ``draw`` on the drawing thread, after the drawings already asked for (inline in
+        ``"sync"`` mode); its result comes back from :meth:`poll_renders`. Never refused: a
+        drawing holds a report, not a snapshot."""
         if self.mode == "sync":
             self._rendered.append(_draw(step, draw))
             return
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix="spectral-monitor")
-        self._renders.append(self._executor.submit(_draw, step, draw))
+        if self._drawer is None:
+            self._drawer = ThreadPoolExecutor(1, thread_name_prefix="spectral-monitor-draw")
+        self._renders.append(self._drawer.submit(_draw, step, draw))
 
     def poll_renders(self, block: bool = False) -> list[RenderResult]:
         """Figures finished since the last call, in the order they were asked for; ``block``
@@ -175,11 +177,12 @@ class AnalysisWorker:
         """Finish outstanding work, join the worker thread, and return what was still unread.
         The worker can be used again afterwards (a new thread starts on the next submit)."""
         results = self.wait()
-        if self._renders:
-            wait_futures(list(self._renders))
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
+        if self._drawer is not None:  # unread drawings stay for poll_renders
+            self._drawer.shutdown(wait=True)
+            self._drawer = None
         return results
 
 

@@ -390,7 +390,7 @@ def test_bf16_snapshot_keeps_its_dtype_and_memory_is_reported() -> None:
     float32 = analyze(model.float())
     assert [la.alpha for la in report.layers] == [la.alpha for la in float32.layers]
     assert report.memory_bytes > sum(2 * m.weight.numel() for m in model if hasattr(m, "weight"))
-    assert report.scalars()["spectral/analysis_memory_mb"] == report.memory_bytes / 2**20
+    assert report.scalars()["spectral_meta/analysis_memory_mb"] == report.memory_bytes / 2**20
 
 
 @pytest.mark.slow

@@ -59,10 +59,17 @@ def test_sixty_steps_log_every_layer_at_the_right_steps(tmp_path, mode) -> None:
         assert scalar_steps(events, f"spectral/alpha/{layer}") == expected_steps
         assert scalar_steps(events, f"spectral/lambda_max/{layer}") == expected_steps
         assert len(events.Histograms(f"spectral/esd_log10/{layer}")) == len(expected_steps)
-        # analyses 0, 3, 6 (by count of analyses done)
-        assert len(events.Images(f"spectral/esd_fit/{layer}")) == (len(expected_steps) + 2) // 3
-    for key in ("alpha_mean", "alpha_hat", "alpha_min", "frac_alpha_below_2", "analysis_seconds"):
+        # analyses 0, 3, 6 (by count of analyses done), and always the last one
+        figured = {expected_steps[i] for i in range(0, len(expected_steps), 3)}
+        figured.add(expected_steps[-1])
+        images = events.Images(f"spectral/esd_fit/{layer}")
+        assert [e.step for e in images] == sorted(figured)
+    for key in ("alpha_mean", "alpha_hat", "alpha_min", "frac_alpha_below_2"):
         assert scalar_steps(events, f"spectral/{key}") == expected_steps
+    for key in ("analysis_seconds", "analyses_skipped", "layers_skipped", "snapshot_mb"):
+        assert scalar_steps(events, f"spectral_meta/{key}") == expected_steps
+    # The heatmap every analysis (histogram_every=1), the last one covering every step.
+    assert [e.step for e in events.Images("spectral/alpha_heatmap")] == expected_steps
     assert "custom_scalars__config__" in tags["tensors"]
     assert "spectral/verdicts/text_summary" in tags["tensors"]
     # The loss, logged with self.log, shares the step axis: steps 0..59, ours 0..60.
