@@ -1,7 +1,7 @@
 """The ``spectral-monitor`` command line.
 
     spectral-monitor analyze PATH [--csv F] [--json F] [--plots DIR] [--conv2d slices] ...
-    spectral-monitor history LOGDIR [--csv F] [--prefix spectral]
+    spectral-monitor history LOGDIR [--csv F] [--prefix spectral] [--plot alpha.png]
 
 ``analyze`` reads a Lightning ``.ckpt``, a ``torch.save``d state dict or module, or a
 ``.safetensors`` file and builds the per-layer table from the weights alone. ``history`` reads
@@ -16,11 +16,13 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -277,7 +279,35 @@ def _cmd_history(args: argparse.Namespace, out: TextIO) -> int:
             for run, data in runs.items():
                 writer.writerows((run, *row) for row in data["rows"])
         out.write(f"wrote {args.csv}\n")
+    if args.plot:
+        for path in _write_heatmaps(runs, Path(args.plot)):
+            out.write(f"wrote {path}\n")
     return 0
+
+
+def _write_heatmaps(runs: Mapping[str, dict[str, list]], path: Path) -> list[Path]:
+    """One heatmap of alpha per run (the picture ``<prefix>/alpha_heatmap`` shows in TensorBoard);
+    ``path`` itself for one run, ``<stem>_<run><suffix>`` for each of several."""
+    from spectral_monitor.plots import plot_alpha_heatmap
+
+    written = []
+    for run, data in runs.items():
+        layers = list(dict.fromkeys(layer for _, layer, _, _ in data["rows"]))
+        steps = sorted({step for step, _, _, _ in data["rows"]})
+        alpha = np.full((len(layers), len(steps)), np.nan)
+        row_of = {name: i for i, name in enumerate(layers)}
+        column_of = {step: j for j, step in enumerate(steps)}
+        for step, layer, value, _ in data["rows"]:
+            alpha[row_of[layer], column_of[step]] = value
+        target = path
+        if len(runs) > 1:
+            label = re.sub(r"[^A-Za-z0-9_.-]+", "_", run).strip("_") or "run"
+            target = path.with_name(f"{path.stem}_{label}{path.suffix or '.png'}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        figure = plot_alpha_heatmap(layers, steps, alpha, title=f"alpha by layer — {run}")
+        figure.savefig(target, dpi=100)
+        written.append(target)
+    return written
 
 
 def _sparkline(values: Sequence[float], width: int = 24) -> str:
@@ -335,6 +365,11 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("logdir", help="a TensorBoard log directory (searched recursively)")
     h.add_argument("--csv", help="write run, step, layer, alpha, lambda_max rows")
     h.add_argument("--prefix", default="spectral", help="tag prefix used by the monitor")
+    h.add_argument(
+        "--plot",
+        metavar="PATH",
+        help="write the heatmap of alpha (layers x steps) as PNG; several runs: PATH_<run>.png",
+    )
     return parser
 
 
