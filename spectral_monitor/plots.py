@@ -160,10 +160,10 @@ def plot_alpha_heatmap(
     row_every = max(1, len(layers) // 40)
     rows = list(range(0, len(layers), row_every))
     ax.set_yticks(rows, [layers[i] for i in rows], fontsize=7)
-    ax.set_xlabel("step")
+    ax.set_xlabel("step  (grey hatched: skipped or unreliable fit)")
     ax.set_title(title)
     bar = fig.colorbar(mesh, ax=ax, fraction=0.05, pad=0.02)
-    bar.set_label("alpha  (grey hatched: skipped or unreliable)")
+    bar.set_label("alpha (2 and 6 marked)")
     for level, color in ((OVER_TRAINED_BELOW, "black"), (UNDER_TRAINED_ABOVE, "#8172b2")):
         bar.ax.axhline(level, color=color, lw=2)
     ticks = {OVER_TRAINED_BELOW, UNDER_TRAINED_ABOVE, *(float(t) for t in bar.get_ticks())}

@@ -24,6 +24,7 @@ import math
 import re
 import threading
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,7 @@ from spectral_monitor.plots import figure_to_array, plot_alpha_heatmap, plot_esd
 from spectral_monitor.report import SpectralReport
 
 __all__ = [
+    "LayoutEntry",
     "TensorBoardSink",
     "custom_scalar_layout",
     "draw_figures",
@@ -40,26 +42,36 @@ __all__ = [
     "verdict_table",
 ]
 
-#: Layouts written per run directory: ``{log_dir: {prefix: stop_threshold}}``.
-_LAYOUTS: dict[str, dict[str, float | None]] = {}
+#: Layouts written per run directory: ``{log_dir: {prefix: entry}}``.
+_LAYOUTS: dict[str, dict[str, LayoutEntry]] = {}
 _LAYOUTS_LOCK = threading.Lock()
 
 
+@dataclass(frozen=True)
+class LayoutEntry:
+    """What one prefix's charts need: the stop threshold (None: no stop rule) and whether
+    ``<prefix>/alpha_by_type/`` curves exist (an empty chart would only puzzle)."""
+
+    stop_threshold: float | None = None
+    by_type: bool = False
+
+
 def custom_scalar_layout(
-    prefixes: Mapping[str, float | None] | str = "spectral",
+    prefixes: Mapping[str, LayoutEntry] | str = "spectral",
 ) -> dict[str, dict[str, list[Any]]]:
     """The custom-scalars layout: one category per prefix, each with the charts "alpha — all
     layers", "λmax — all layers", "alpha_mean and alpha_min" (with ``<prefix>/stop_threshold``
-    when a threshold is set), "alpha_hat" alone (its scale, alpha · ln λmax, differs), and the
-    margin chart "alpha_mean ± std over layers".
+    when a threshold is set), "alpha_hat" alone (its scale, alpha · ln λmax, differs), the
+    margin chart "alpha_mean ± std over layers", and "alpha by module type" when there are types.
 
     Args:
-        prefixes: ``{prefix: stop_threshold or None}``, or one prefix.
+        prefixes: ``{prefix: LayoutEntry}``, or one prefix.
     """
     if isinstance(prefixes, str):
-        prefixes = {prefixes: None}
+        prefixes = {prefixes: LayoutEntry()}
     layout: dict[str, dict[str, list[Any]]] = {}
-    for prefix, threshold in prefixes.items():
+    for prefix, entry in prefixes.items():
+        threshold = entry.stop_threshold
         p = re.escape(prefix)
         lower = [rf"^{p}/alpha_mean$", rf"^{p}/alpha_min$"]
         if threshold is not None:
@@ -77,8 +89,9 @@ def custom_scalar_layout(
                     f"{prefix}/alpha_mean_plus_std",
                 ],
             ],
-            "alpha by module type": ["Multiline", [rf"^{p}/alpha_by_type/"]],
         }
+        if entry.by_type:
+            layout[prefix]["alpha by module type"] = ["Multiline", [rf"^{p}/alpha_by_type/"]]
     return layout
 
 
@@ -91,15 +104,15 @@ def _log_dir(writer: Any) -> str:
     return str(getter()) if callable(getter) else f"writer-{id(writer)}"
 
 
-def register_layout(writer: Any, prefix: str, stop_threshold: float | None = None) -> None:
+def register_layout(writer: Any, prefix: str, entry: LayoutEntry) -> None:
     """Add ``prefix`` to the layout of ``writer``'s run directory and write the merged layout of
     every prefix registered there in this process (the last layout written is the one shown)."""
     key = _log_dir(writer)
     with _LAYOUTS_LOCK:
         prefixes = _LAYOUTS.setdefault(key, {})
-        if prefix in prefixes and prefixes[prefix] == stop_threshold:
+        if prefixes.get(prefix) == entry:
             return  # this very layout is already the last one written there
-        prefixes[prefix] = stop_threshold
+        prefixes[prefix] = entry
         writer.add_custom_scalars(custom_scalar_layout(dict(prefixes)))
 
 
@@ -184,7 +197,8 @@ class TensorBoardSink:
         self.writer = writer
         self.prefix = prefix
         self.scalars = scalars
-        register_layout(writer, prefix, stop_threshold)
+        self.stop_threshold = stop_threshold
+        self._layout: LayoutEntry | None = None
 
     def write_report(
         self,
@@ -195,7 +209,12 @@ class TensorBoardSink:
         text: bool = True,
     ) -> None:
         """The scalars (if this sink writes them), histograms of log10 λ per layer, and the
-        verdict table, at ``step``."""
+        verdict table, at ``step``; the layout with the first report (which tells whether there
+        are module types)."""
+        if self._layout is None:
+            by_type = any(tag.startswith(f"{self.prefix}/alpha_by_type/") for tag in scalars)
+            self._layout = LayoutEntry(self.stop_threshold, by_type)
+            register_layout(self.writer, self.prefix, self._layout)
         if self.scalars:
             for tag, value in scalars.items():
                 self.writer.add_scalar(tag, value, step)

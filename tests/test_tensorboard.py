@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from spectral_monitor import SpectralMonitor, SpectralTracker
 from spectral_monitor.cli import main as cli_main
 from spectral_monitor.module_types import alpha_by_type, module_type
-from spectral_monitor.tensorboard_sink import custom_scalar_layout, verdict_table
+from spectral_monitor.tensorboard_sink import LayoutEntry, custom_scalar_layout, verdict_table
 
 BLOCK_LAYERS = ("attn.q_proj", "attn.k_proj", "mlp.fc1")
 
@@ -117,13 +117,14 @@ def test_alpha_by_type_keeps_shared_types_and_skips_nan() -> None:
 
 
 def test_layout_charts_per_prefix() -> None:
-    layout = custom_scalar_layout({"spectral": 2.0, "raw": None})
+    layout = custom_scalar_layout({"spectral": LayoutEntry(2.0, True), "raw": LayoutEntry()})
     assert list(layout) == ["spectral", "raw"]
     charts = layout["spectral"]
     assert charts["alpha_hat"] == ["Multiline", [r"^spectral/alpha_hat$"]]
     assert r"^spectral/stop_threshold$" in charts["alpha_mean and alpha_min"][1]
     assert all("stop_threshold" not in r for r in layout["raw"]["alpha_mean and alpha_min"][1])
     assert charts["alpha_mean ± std over layers"][0] == "Margin"
+    assert "alpha by module type" in charts and "alpha by module type" not in layout["raw"]
 
 
 # --- event files -----------------------------------------------------------------------------
