@@ -1,0 +1,121 @@
+"""The options of a spectral monitor, defined once.
+
+:class:`~spectral_monitor.SpectralTracker` (plain loops) and
+:class:`~spectral_monitor.SpectralMonitor` (Lightning) take the same keyword arguments. They are
+written here once, as the signature and docstring of :func:`monitor_options`; :func:`with_options`
+gives a class's ``__init__(self, *args, **kwargs)`` that signature, so ``inspect.signature``, help()
+and LightningCLI (jsonargparse reads ``__signature__`` and the ``Args:`` of the class docstring)
+see plain, typed arguments, and puts the ``Args:`` text into the class docstring.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from spectral_monitor.config import DEFAULT_MIN_EVALS
+from spectral_monitor.layers import LayerFilter
+
+__all__ = ["OPTIONS", "OPTIONS_DOC", "bind_options", "monitor_options", "with_options"]
+
+
+def monitor_options(
+    every_n_steps: int = 100,
+    *,
+    layers: LayerFilter = None,
+    exclude: LayerFilter = None,
+    conv2d: str = "flatten",
+    normalize: bool = True,
+    min_evals: int = DEFAULT_MIN_EVALS,
+    precision: str = "float32",
+    device: Any = None,
+    log_histograms: bool = True,
+    histogram_every: int = 1,
+    log_figures_every: int | None = None,
+    stop_below: float | None = None,
+    stop_on: str = "alpha_mean",
+    stop_patience: int = 1,
+    start_step: int = 0,
+    mode: str = "auto",
+    max_snapshot_bytes: int | None = None,
+    prefix: str = "spectral",
+) -> dict[str, Any]:
+    """The options as a dict (validation is the tracker's, at construction).
+
+    Args:
+        every_n_steps: analyse every this many optimizer steps (``trainer.global_step``; in a
+            plain loop, the step passed to ``tracker.step``).
+        layers: keep only layers whose name matches one of these glob patterns, or of these types.
+        exclude: drop layers matching these patterns or types.
+        conv2d: ``"flatten"`` (one (out, in·kh·kw) matrix) or ``"slices"`` (WeightWatcher's).
+        normalize: divide eigenvalues by the weight's number of rows (False: WeightWatcher's σ²).
+        min_evals: layers with fewer eigenvalues are skipped with that reason.
+        precision: eigensolver precision, ``"float32"`` or ``"float64"``.
+        device: where to analyse (default: the weights' device).
+        log_histograms: log per-layer histograms of log10 λ to TensorBoard.
+        histogram_every: log histograms, the verdict table and the alpha heatmap every this many
+            analyses.
+        log_figures_every: log an ESD figure with the fitted power law per layer every this many
+            analyses, and for the last one; None (default) never.
+        stop_below: stop training once ``stop_on`` stays below this for ``stop_patience``
+            consecutive analyses at or after ``start_step``; None (default) never.
+        stop_on: ``"alpha_mean"`` (default), ``"alpha_hat"`` or ``"alpha_min"``.
+        stop_patience: consecutive analyses under the threshold before stopping.
+        start_step: analyses before this step do not count for stopping.
+        mode: ``"auto"``/``"thread"``: analyses on a worker thread (on CUDA on a side stream);
+            ``"sync"``: inline, for debugging and for CUDA-graph capture.
+        max_snapshot_bytes: budget for one snapshot's weight copies (float32; bf16/fp16 weights
+            are copied as they are); layers beyond it are skipped with that reason. None: no
+            budget. See README "Large layers and memory".
+        prefix: tag prefix: ``"spectral"`` gives ``spectral/alpha/<layer>`` and
+            ``spectral_meta/...``; change it to run two monitors on one run."""
+    return dict(locals())
+
+
+#: The options' signature (``every_n_steps`` positional, the rest keyword-only).
+OPTIONS = inspect.signature(monitor_options)
+
+
+def _args_section(function: Callable[..., Any]) -> str:
+    doc = inspect.getdoc(function) or ""
+    return doc[doc.index("Args:") :]
+
+
+#: The ``Args:`` section documenting :data:`OPTIONS`.
+OPTIONS_DOC = _args_section(monitor_options)
+
+T = TypeVar("T", bound=type)
+
+
+def with_options(*extra: inspect.Parameter, extra_doc: str = "") -> Callable[[T], T]:
+    """Class decorator: ``cls.__init__(self, *args, **kwargs)`` gets the signature of
+    :data:`OPTIONS` followed by the keyword-only ``extra`` parameters, and ``{options}`` in the
+    class docstring becomes the ``Args:`` section (``extra_doc`` lines appended)."""
+
+    def decorate(cls: T) -> T:
+        parameters = [
+            inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+            *OPTIONS.parameters.values(),
+            *extra,
+        ]
+        cls.__init__.__signature__ = inspect.Signature(parameters)  # type: ignore[misc]
+        args = OPTIONS_DOC + ("\n" + extra_doc.strip("\n") if extra_doc else "")
+        indented = "\n".join(("    " + line) if line else line for line in args.splitlines())
+        if cls.__doc__ is not None:
+            cls.__doc__ = cls.__doc__.replace("    {options}", indented)
+        return cls
+
+    return decorate
+
+
+def bind_options(cls: type, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The arguments of a call to ``cls(*args, **kwargs)`` by name, defaults filled in, checked
+    against ``cls.__init__``'s signature (a misspelt option is a TypeError, as for a plain
+    signature)."""
+    signature = inspect.signature(cls.__init__)
+    bound = signature.bind(None, *args, **kwargs)
+    bound.apply_defaults()
+    arguments = dict(bound.arguments)
+    arguments.pop("self")
+    return arguments
