@@ -19,10 +19,10 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import nn
 from typing_extensions import override
 
-from spectral_monitor.config import DEFAULT_MIN_EVALS
 from spectral_monitor.distributed import torch_gather
 from spectral_monitor.history import SpectralHistory
-from spectral_monitor.layers import LayerFilter, select_layers
+from spectral_monitor.layers import select_layers
+from spectral_monitor.options import bind_options, with_options
 from spectral_monitor.report import SpectralReport
 from spectral_monitor.tensorboard_sink import TensorBoardSink
 from spectral_monitor.tracker import SpectralTracker
@@ -30,6 +30,7 @@ from spectral_monitor.tracker import SpectralTracker
 __all__ = ["SpectralMonitor"]
 
 
+@with_options()
 class SpectralMonitor(Callback):
     r"""Analyse the weight spectra of a model at the start of training and every
     ``every_n_steps`` optimizer steps, off the training thread, and log the results.
@@ -44,30 +45,7 @@ class SpectralMonitor(Callback):
     scalars go into ``trainer.callback_metrics`` on every rank, so
     ``EarlyStopping(monitor="spectral/alpha_mean", mode="max", ...)`` works.
 
-    Args:
-        every_n_steps: analyse every this many optimizer steps (``trainer.global_step``).
-        layers: keep only layers whose name matches one of these glob patterns, or of these types.
-        exclude: drop layers matching these patterns or types.
-        conv2d: ``"flatten"`` (one (out, in·kh·kw) matrix) or ``"slices"`` (WeightWatcher's).
-        normalize: divide eigenvalues by the weight's number of rows (False: WeightWatcher's σ²).
-        min_evals: layers with fewer eigenvalues are skipped with that reason.
-        precision: eigensolver precision, ``"float32"`` or ``"float64"``.
-        device: where to analyse (default: the weights' device).
-        log_histograms: log per-layer histograms of log10 λ to TensorBoard.
-        histogram_every: log histograms (and the verdict table) every this many analyses.
-        log_figures_every: log an ESD figure with the fitted power law per layer every this many
-            analyses; None (default) never.
-        stop_below: stop training once ``stop_on`` stays below this for ``stop_patience``
-            consecutive analyses at or after ``start_step``; None (default) never.
-        stop_on: ``"alpha_mean"`` (default), ``"alpha_hat"`` or ``"alpha_min"``.
-        stop_patience: consecutive analyses under the threshold before stopping.
-        start_step: analyses before this step do not count for stopping.
-        mode: ``"auto"``/``"thread"``: analyses on a worker thread (on CUDA on a side stream);
-            ``"sync"``: inline, for debugging and for CUDA-graph capture.
-        max_snapshot_bytes: budget for one snapshot's weight copies (float32; bf16/fp16 weights
-            are copied as they are); layers beyond it are skipped with that reason. None: no
-            budget. See README "Large layers and memory".
-        prefix: tag prefix (change it to run two monitors on one Trainer).
+    {options}
 
     Raises:
         ValueError: an argument has a wrong type or value (the message names it).
@@ -80,48 +58,10 @@ class SpectralMonitor(Callback):
         >>> trainer = L.Trainer(callbacks=[monitor])
     """
 
-    def __init__(
-        self,
-        every_n_steps: int = 100,
-        *,
-        layers: LayerFilter = None,
-        exclude: LayerFilter = None,
-        conv2d: str = "flatten",
-        normalize: bool = True,
-        min_evals: int = DEFAULT_MIN_EVALS,
-        precision: str = "float32",
-        device: Any = None,
-        log_histograms: bool = True,
-        histogram_every: int = 1,
-        log_figures_every: int | None = None,
-        stop_below: float | None = None,
-        stop_on: str = "alpha_mean",
-        stop_patience: int = 1,
-        start_step: int = 0,
-        mode: str = "auto",
-        max_snapshot_bytes: int | None = None,
-        prefix: str = "spectral",
-    ) -> None:
-        self.tracker = SpectralTracker(
-            every_n_steps,
-            layers=layers,
-            exclude=exclude,
-            conv2d=conv2d,
-            normalize=normalize,
-            min_evals=min_evals,
-            precision=precision,
-            device=device,
-            mode=mode,
-            max_snapshot_bytes=max_snapshot_bytes,
-            stop_below=stop_below,
-            stop_on=stop_on,
-            stop_patience=stop_patience,
-            start_step=start_step,
-            log_histograms=log_histograms,
-            histogram_every=histogram_every,
-            log_figures_every=log_figures_every,
-            prefix=prefix,
-        )
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # The signature is OPTIONS (see spectral_monitor.options), set by with_options; the
+        # tracker validates and keeps them.
+        self.tracker = SpectralTracker(**bind_options(SpectralMonitor, args, kwargs))
         self.tracker.sinks.append(self._log_report)
         self._trainer: Trainer | None = None
         self._tensorboard: dict[str, TensorBoardSink] = {}  # per TensorBoard logger's log_dir

@@ -11,6 +11,7 @@ see plain, typed arguments, and puts the ``Args:`` text into the class docstring
 from __future__ import annotations
 
 import inspect
+import textwrap
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -74,7 +75,7 @@ def monitor_options(
 
 
 #: The options' signature (``every_n_steps`` positional, the rest keyword-only).
-OPTIONS = inspect.signature(monitor_options)
+OPTIONS = inspect.signature(monitor_options, eval_str=True)
 
 
 def _args_section(function: Callable[..., Any]) -> str:
@@ -100,7 +101,8 @@ def with_options(*extra: inspect.Parameter, extra_doc: str = "") -> Callable[[T]
             *extra,
         ]
         cls.__init__.__signature__ = inspect.Signature(parameters)  # type: ignore[misc]
-        args = OPTIONS_DOC + ("\n" + extra_doc.strip("\n") if extra_doc else "")
+        more = textwrap.indent(extra_doc.strip("\n"), "    ") if extra_doc else ""
+        args = OPTIONS_DOC + ("\n" + more if more else "")
         indented = "\n".join(("    " + line) if line else line for line in args.splitlines())
         if cls.__doc__ is not None:
             cls.__doc__ = cls.__doc__.replace("    {options}", indented)

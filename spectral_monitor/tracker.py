@@ -15,6 +15,7 @@ Plain loop::
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from typing import Any
@@ -23,10 +24,11 @@ import numpy as np
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import nn
 
-from spectral_monitor.config import DEFAULT_MIN_EVALS, AnalysisConfig
+from spectral_monitor.config import AnalysisConfig
 from spectral_monitor.distributed import Gather, assign_layers, merge_reports
 from spectral_monitor.history import SpectralHistory
-from spectral_monitor.layers import LayerFilter, select_layers
+from spectral_monitor.layers import select_layers
+from spectral_monitor.options import bind_options, with_options
 from spectral_monitor.report import SpectralReport
 from spectral_monitor.sharded_weights import needs_collectives
 from spectral_monitor.snapshot import take_snapshot
@@ -51,56 +53,38 @@ def _check_int(name: str, value: Any, minimum: int, allow_none: bool = False) ->
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
+@with_options(
+    inspect.Parameter(
+        "log_dir", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=str | None
+    ),
+    extra_doc="""log_dir: for plain loops: write TensorBoard events here (scalars, layout,
+    histograms, figures); None: no writer.""",
+)
 class SpectralTracker:
     """Schedules spectral analyses of a model over training and keeps their results.
 
-    Args:
-        every_n_steps: analyse when the step crosses a multiple of this (optimizer steps).
-        layers, exclude, conv2d, normalize, min_evals, precision, device: what to analyse and
-            how; see :func:`spectral_monitor.analyze`.
-        mode: ``"thread"`` (analyses on a worker thread; the default that ``"auto"`` picks) or
-            ``"sync"`` (inline: for debugging, and for CUDA-graph capture, which a side thread's
-            decompositions would break).
-        max_snapshot_bytes: budget for the weight copies of one analysis (float32; bf16/fp16
-            weights are copied as they are); layers beyond it are skipped with that reason.
-            None: no budget.
-        stop_below: if set, :attr:`should_stop` becomes True once ``stop_on`` stays below this
-            for ``stop_patience`` consecutive analyses at or after ``start_step``.
-        stop_on: ``"alpha_mean"``, ``"alpha_hat"`` or ``"alpha_min"``.
-        stop_patience: consecutive analyses below the threshold needed to stop.
-        start_step: analyses before this step do not count for stopping.
-        log_dir: for plain loops: write TensorBoard events here (scalars, layout, histograms).
-        log_histograms, histogram_every, log_figures_every: TensorBoard extras for ``log_dir``:
-            histograms every k analyses, ESD figures every k analyses (None: never).
-        prefix: tag prefix, ``"spectral"`` gives ``spectral/alpha/<layer>``.
+    {options}
 
     Raises:
         ValueError: an argument is invalid (the message names it).
     """
 
-    def __init__(
-        self,
-        every_n_steps: int = 100,
-        *,
-        layers: LayerFilter = None,
-        exclude: LayerFilter = None,
-        conv2d: str = "flatten",
-        normalize: bool = True,
-        min_evals: int = DEFAULT_MIN_EVALS,
-        precision: str = "float32",
-        device: Any = None,
-        mode: str = "auto",
-        max_snapshot_bytes: int | None = None,
-        stop_below: float | None = None,
-        stop_on: str = "alpha_mean",
-        stop_patience: int = 1,
-        start_step: int = 0,
-        log_dir: str | None = None,
-        log_histograms: bool = True,
-        histogram_every: int = 1,
-        log_figures_every: int | None = None,
-        prefix: str = "spectral",
-    ) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # The signature is OPTIONS + log_dir (see spectral_monitor.options), set by with_options.
+        options = bind_options(SpectralTracker, args, kwargs)
+        every_n_steps, layers, exclude = (
+            options[k] for k in ("every_n_steps", "layers", "exclude")
+        )
+        conv2d, normalize, min_evals = options["conv2d"], options["normalize"], options["min_evals"]
+        precision, device, mode = options["precision"], options["device"], options["mode"]
+        max_snapshot_bytes, prefix = options["max_snapshot_bytes"], options["prefix"]
+        stop_below, stop_on = options["stop_below"], options["stop_on"]
+        stop_patience, start_step = options["stop_patience"], options["start_step"]
+        log_dir, log_histograms = options["log_dir"], options["log_histograms"]
+        histogram_every, log_figures_every = (
+            options["histogram_every"],
+            options["log_figures_every"],
+        )
         _check_int("every_n_steps", every_n_steps, 1)
         _check_int("max_snapshot_bytes", max_snapshot_bytes, 1, allow_none=True)
         _check_int("stop_patience", stop_patience, 1)
