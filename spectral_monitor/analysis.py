@@ -13,15 +13,23 @@ import math
 import time
 import warnings
 from collections.abc import Mapping
+from dataclasses import asdict, replace
 
+import numpy as np
 import torch
 from torch import nn
 
-from spectral_monitor.config import DEFAULT_MIN_EVALS, AnalysisConfig
+from spectral_monitor.config import (
+    DEFAULT_MAX_RELATIVE_WIDTH,
+    DEFAULT_MIN_EVALS,
+    DEFAULT_MIN_TAIL,
+    AnalysisConfig,
+)
 from spectral_monitor.eigen import EigenError, batched_eigenvalues, peak_work_bytes
 from spectral_monitor.layers import LayerFilter, matrix_shape, weight_matrices
 from spectral_monitor.metrics import layer_metrics, verdict
-from spectral_monitor.powerlaw_fit import fit_power_law_table, fit_work_bytes
+from spectral_monitor.powerlaw_fit import PowerLawFit, fit_power_law_table, fit_work_bytes
+from spectral_monitor.reliability import degenerate_reason, unreliable_reason
 from spectral_monitor.report import LayerSpectrum, SpectralReport
 from spectral_monitor.snapshot import (
     LayerSnapshot,
@@ -63,39 +71,25 @@ def _weight_problems(snaps: list[LayerSnapshot]) -> list[str | None]:
     return out
 
 
-def analyze_snapshot(
-    snapshot: list[LayerSnapshot], config: AnalysisConfig, step: int | None = None
-) -> SpectralReport:
-    """Spectra, fits and metrics for a snapshot. Pure: reads only the snapshot.
-
-    A layer that cannot be analysed (too few eigenvalues, NaN/Inf or all-zero weights, solver
-    failure, no valid fit) is kept in the report with ``skipped`` set to the reason.
-
-    On a GPU the host waits for the device a few times, not once per layer: the weight checks,
-    the solver's convergence check (once per solver call: per shape, unless same-shape Grams
-    pass ``eigen._GROUP_BYTES``), the fit's
-    input checks and its look for ill-conditioned candidates, and one transfer that brings every
-    eigenvalue and every fit to the host together.
-    """
-    start = time.perf_counter()
-    rows: list[LayerSpectrum] = []
-    sized: list[tuple[int, LayerSnapshot]] = []
+def _check_sizes(snapshot: list[LayerSnapshot], config: AnalysisConfig) -> list[LayerSpectrum]:
+    """One row per snapshot layer, ``skipped`` set where the weight is missing or has fewer than
+    2 eigenvalues (nothing to fit); smaller than ``min_evals`` is judged after the fit."""
+    rows = []
     for snap in snapshot:
-        layer = LayerSpectrum(name=snap.name, kind=snap.kind, shape=snap.shape)
-        rows.append(layer)
-        layer.skipped = snap.skipped
-        if layer.skipped is None:
+        row = LayerSpectrum(name=snap.name, kind=snap.kind, shape=snap.shape, skipped=snap.skipped)
+        if row.skipped is None:
             count, _rows, cols = matrix_shape(snap.shape, config.conv2d)
-            if count * cols < config.min_evals:
-                layer.skipped = f"{count * cols} eigenvalues < min_evals={config.min_evals}"
-            else:
-                sized.append((len(rows) - 1, snap))
-    todo = []
-    for (k, snap), problem in zip(sized, _weight_problems([s for _, s in sized]), strict=True):
-        rows[k].skipped = problem
-        if problem is None:
-            todo.append((k, snap))
+            if count * cols < 2:
+                row.skipped = f"{count * cols} eigenvalue(s): nothing to fit"
+        rows.append(row)
+    return rows
 
+
+def _spectra(
+    todo: list[tuple[int, LayerSnapshot]], config: AnalysisConfig, rows: list[LayerSpectrum]
+) -> tuple[list[tuple[int, torch.Tensor]], list[torch.Tensor]]:
+    """Sorted eigenvalues per layer in the report's convention (on the compute device), and the
+    matrix stacks they came from (for the memory account); solver failures mark rows skipped."""
     stacks = [weight_matrices(snap.weight, config.conv2d) for _, snap in todo]  # type: ignore[arg-type]
     spectra = batched_eigenvalues(stacks, config.precision)
     good: list[tuple[int, torch.Tensor]] = []
@@ -108,30 +102,89 @@ def analyze_snapshot(
             scale /= snap.shape[0]
         rows[k].Q = stack.shape[1] / stack.shape[2]
         good.append((k, torch.sort(evals.reshape(-1) * scale).values))
+    return good, stacks
 
-    # Every eigenvalue and every fit come to the host in one transfer (spectra of layers on
-    # another device, rare, first join the first one's: they are small).
-    device = good[0][1].device if good else torch.device("cpu")
-    spectra_dev = [evals.to(device) for _, evals in good]
-    fits = fit_power_law_table(spectra_dev, device)
-    host = torch.cat([*spectra_dev, fits.table.reshape(-1)]).cpu()
-    sizes = [evals.numel() for evals in spectra_dev]
-    *spectra_host, table = torch.split(host, [*sizes, fits.table.numel()])
+
+def _fit_on_host(
+    spectra: list[torch.Tensor], config: AnalysisConfig
+) -> tuple[list[np.ndarray], list[PowerLawFit], int]:
+    """Fit every spectrum, then bring every eigenvalue and every fit to the host in one transfer
+    (spectra of layers on another device, rare, first join the first one's: they are small).
+    Also returns the fit's working memory in bytes."""
+    device = spectra[0].device if spectra else torch.device("cpu")
+    on_device = [evals.to(device) for evals in spectra]
+    fits = fit_power_law_table(on_device, device, options=config.fit)
+    host = torch.cat([*on_device, fits.table.reshape(-1)]).cpu()
+    sizes = [evals.numel() for evals in on_device]
+    *evals_host, table = torch.split(host, [*sizes, fits.table.numel()])
     results = fits.results(table.reshape(fits.table.shape))
-    memory = sum(snap.nbytes for snap in snapshot) + max(
-        peak_work_bytes(stacks, config.precision),
-        fit_work_bytes([evals.numel() for evals in spectra_dev], device),
+    work = fit_work_bytes(sizes, device, config.fit)
+    return [e.numpy() for e in evals_host], results, work
+
+
+def _finish_row(
+    row: LayerSpectrum, evals: np.ndarray, fit: PowerLawFit, config: AnalysisConfig
+) -> LayerSpectrum:
+    """The row with its spectrum, metrics, reliability and verdict."""
+    if not fit.ok:
+        reason = f"no power-law fit: {fit.reason}"
+    else:
+        reason = degenerate_reason(float(evals.max()), fit.xmin)
+    if reason is not None:  # a skipped layer has no alpha, never a fake one
+        fit = PowerLawFit.failed(reason, fit.num_values)
+    row = replace(row, **asdict(layer_metrics(evals, fit)), evals=evals, num_evals=evals.size)
+    if reason is not None:
+        row.skipped = row.unreliable_reason = reason
+        return row
+    row.unreliable_reason = unreliable_reason(
+        fit.num_values,
+        row.n_tail,
+        row.alpha,
+        row.alpha_lo,
+        row.alpha_hi,
+        config.min_evals,
+        config.min_tail,
+        config.max_relative_width,
     )
-    for (k, _), evals_host, fit in zip(good, spectra_host, results, strict=True):
-        layer = rows[k]
-        layer_evals = evals_host.numpy()
-        layer.evals = layer_evals
-        layer.num_evals = int(layer_evals.size)
-        for key, value in layer_metrics(layer_evals, fit).items():
-            setattr(layer, key, value)
-        layer.verdict = verdict(layer.alpha)
-        if not fit.ok:
-            layer.skipped = f"no power-law fit: {fit.reason}"
+    row.reliable = row.unreliable_reason is None
+    row.verdict = verdict(row.alpha, row.reliable)
+    return row
+
+
+def analyze_snapshot(
+    snapshot: list[LayerSnapshot], config: AnalysisConfig, step: int | None = None
+) -> SpectralReport:
+    """Spectra, fits and metrics for a snapshot. Pure: reads only the snapshot.
+
+    Steps: size check → weight check (NaN/Inf, all zeros) → eigenvalues (batched by shape) →
+    fits and one transfer to the host → metrics, reliability and verdict per layer. A layer that
+    cannot be analysed (no eigenvalue to fit, NaN/Inf or all-zero weights, solver failure, no
+    valid fit, a degenerate tail) is kept in the report with ``skipped`` set to the reason; a
+    fitted layer that cannot be trusted is kept with ``reliable=False`` and its reason.
+
+    On a GPU the host waits for the device a few times, not once per layer: the weight checks,
+    the solver's convergence check (once per solver call: per shape, unless same-shape Grams
+    pass ``eigen._GROUP_BYTES``), the fit's input checks and its look for ill-conditioned
+    candidates, and one transfer that brings every eigenvalue and every fit to the host together.
+    """
+    start = time.perf_counter()
+    rows = _check_sizes(snapshot, config)
+    sized = [(k, snap) for k, snap in enumerate(snapshot) if rows[k].skipped is None]
+    todo = []
+    for (k, snap), problem in zip(sized, _weight_problems([s for _, s in sized]), strict=True):
+        rows[k].skipped = problem
+        if problem is None:
+            todo.append((k, snap))
+    good, stacks = _spectra(todo, config, rows)
+    evals_host, fits, fit_bytes = _fit_on_host([evals for _, evals in good], config)
+    for (k, _), evals, fit in zip(good, evals_host, fits, strict=True):
+        rows[k] = _finish_row(rows[k], evals, fit, config)
+    for row in rows:
+        if row.skipped is not None and row.unreliable_reason is None:
+            row.unreliable_reason = row.skipped
+    memory = sum(snap.nbytes for snap in snapshot) + max(
+        peak_work_bytes(stacks, config.precision), fit_bytes
+    )
     return SpectralReport(
         layers=rows,
         conv2d=config.conv2d,
@@ -151,8 +204,16 @@ def analyze(
     conv2d: str = "flatten",
     normalize: bool = True,
     min_evals: int = DEFAULT_MIN_EVALS,
+    min_tail: int = DEFAULT_MIN_TAIL,
+    max_relative_width: float | None = DEFAULT_MAX_RELATIVE_WIDTH,
     precision: str = "float32",
     device: torch.device | str | None = None,
+    estimator: str = "ks",
+    interval: str = "analytic",
+    confidence: float = 0.9,
+    n_boot: int = 100,
+    fingers: str | None = None,
+    xmin_position: float = 2.0,
 ) -> SpectralReport:
     """Analyse every Linear/Conv2d layer of a model: ESD, power-law fit and HT-SR metrics.
 
@@ -167,9 +228,21 @@ def analyze(
         conv2d: ``"flatten"`` (default) or ``"slices"`` (WeightWatcher's convention).
         normalize: divide eigenvalues by the weight's number of rows (default, the seed's
             convention); False gives WeightWatcher's σ².
-        min_evals: layers with fewer eigenvalues are reported as skipped.
+        min_evals: fits on fewer positive eigenvalues (default 50) are reported but marked
+            unreliable: no verdict, left out of the aggregates.
+        min_tail: fits with fewer tail values (default 30) are unreliable.
+        max_relative_width: fits whose interval is wider than this times (alpha - 1) (default
+            1.0) are unreliable; None: no width rule.
         precision: ``"float32"`` (default; alpha within 1e-3 of a float64 SVD) or ``"float64"``.
         device: compute device; None uses each weight's device.
+        estimator: ``"ks"`` (default), ``"hill_median"`` or ``"ks_peak"``; see
+            :func:`spectral_monitor.fit_power_law`.
+        interval: ``"analytic"`` (default) or ``"bootstrap"``: how ``alpha_lo``/``alpha_hi``
+            are computed.
+        confidence: level of the interval (default 0.9).
+        n_boot: resamples of ``interval="bootstrap"``.
+        fingers: ``"clip"`` drops top outliers before the fit (WeightWatcher's ``clip_xmax``).
+        xmin_position: ``estimator="hill_median"`` puts xmin at index ``int(N / xmin_position)``.
 
     Returns:
         A :class:`SpectralReport`; ``report.layers`` has one :class:`LayerSpectrum` per layer.
@@ -185,7 +258,23 @@ def analyze(
         >>> [layer.name for layer in report.layers]
         ['0']
     """
-    config = AnalysisConfig.create(layers, exclude, conv2d, normalize, min_evals, precision, device)
+    config = AnalysisConfig.create(
+        layers,
+        exclude,
+        conv2d,
+        normalize,
+        min_evals,
+        precision,
+        device,
+        min_tail=min_tail,
+        max_relative_width=max_relative_width,
+        estimator=estimator,
+        interval=interval,
+        confidence=confidence,
+        n_boot=n_boot,
+        fingers=fingers,
+        xmin_position=xmin_position,
+    )
     if isinstance(model, nn.Module):
         with torch.no_grad():
             snapshot = take_snapshot(model, config, copy=False)

@@ -7,7 +7,7 @@ the callback and the CLI.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -19,11 +19,37 @@ from spectral_monitor.layers import (
     LayerFilterItem,
     normalize_filter,
 )
+from spectral_monitor.powerlaw_fit import FitOptions
 
-__all__ = ["DEFAULT_MIN_EVALS", "AnalysisConfig"]
+__all__ = [
+    "DEFAULT_MAX_RELATIVE_WIDTH",
+    "DEFAULT_MIN_EVALS",
+    "DEFAULT_MIN_TAIL",
+    "FIT_AND_TRUST_OPTIONS",
+    "AnalysisConfig",
+]
 
-#: Layers with fewer eigenvalues than this are skipped: a tail fit on a handful of points is noise.
-DEFAULT_MIN_EVALS = 10
+#: Fits on fewer positive eigenvalues than this are unreliable (TempBalance's and WeightWatcher's
+#: threshold): a tail fit on a handful of points is noise. Such layers are still fitted and their
+#: alpha reported, but they get no verdict and enter no aggregate.
+DEFAULT_MIN_EVALS = 50
+#: Fits with fewer tail values are unreliable (see :mod:`spectral_monitor.reliability`).
+DEFAULT_MIN_TAIL = 30
+#: Fits whose interval is wider than this times (alpha - 1) are unreliable.
+DEFAULT_MAX_RELATIVE_WIDTH = 1.0
+
+#: Keyword-only options of :meth:`AnalysisConfig.create` about the fit and its trust, which
+#: every entry point (analyze, tracker, callback) passes through by name.
+FIT_AND_TRUST_OPTIONS = (
+    "min_tail",
+    "max_relative_width",
+    "estimator",
+    "interval",
+    "confidence",
+    "n_boot",
+    "fingers",
+    "xmin_position",
+)
 
 
 @dataclass(frozen=True)
@@ -37,9 +63,13 @@ class AnalysisConfig:
             kh·kw slices, eigenvalues pooled and halved).
         normalize: divide eigenvalues by the weight's number of rows (the seed's convention);
             False keeps σ² (WeightWatcher's).
-        min_evals: layers with fewer eigenvalues are skipped.
+        min_evals: fits on fewer positive eigenvalues are marked unreliable (not skipped).
+        min_tail: fits with fewer tail values are marked unreliable.
+        max_relative_width: fits whose interval is wider than this × (alpha − 1) are marked
+            unreliable; None: no width rule.
         precision: eigensolver precision, ``"float32"`` or ``"float64"``.
         device: where to compute; None uses each weight's own device.
+        fit: estimator, fingers and confidence interval of the power-law fit.
     """
 
     layers: tuple[LayerFilterItem, ...] | None = None
@@ -47,8 +77,11 @@ class AnalysisConfig:
     conv2d: Conv2dMode = "flatten"
     normalize: bool = True
     min_evals: int = DEFAULT_MIN_EVALS
+    min_tail: int = DEFAULT_MIN_TAIL
+    max_relative_width: float | None = DEFAULT_MAX_RELATIVE_WIDTH
     precision: Precision = "float32"
     device: torch.device | None = None
+    fit: FitOptions = field(default_factory=FitOptions)
 
     @classmethod
     def create(
@@ -60,8 +93,18 @@ class AnalysisConfig:
         min_evals: int = DEFAULT_MIN_EVALS,
         precision: str = "float32",
         device: torch.device | str | None = None,
+        *,
+        min_tail: int = DEFAULT_MIN_TAIL,
+        max_relative_width: float | None = DEFAULT_MAX_RELATIVE_WIDTH,
+        estimator: str = "ks",
+        interval: str = "analytic",
+        confidence: float = 0.9,
+        n_boot: int = 100,
+        fingers: str | None = None,
+        xmin_position: float = 2.0,
     ) -> AnalysisConfig:
-        """Validate user arguments and build a config.
+        """Validate user arguments and build a config (the fit's options: see
+        :func:`spectral_monitor.powerlaw_fit.fit_power_law`).
 
         Raises:
             ValueError: an argument has the wrong type or value; the message names it.
@@ -72,6 +115,16 @@ class AnalysisConfig:
             raise ValueError(f"normalize must be a bool, got {normalize!r}")
         if isinstance(min_evals, bool) or not isinstance(min_evals, int) or min_evals < 2:
             raise ValueError(f"min_evals must be an int >= 2, got {min_evals!r}")
+        if isinstance(min_tail, bool) or not isinstance(min_tail, int) or min_tail < 1:
+            raise ValueError(f"min_tail must be an int >= 1, got {min_tail!r}")
+        if max_relative_width is not None and (
+            isinstance(max_relative_width, bool)
+            or not isinstance(max_relative_width, (int, float))
+            or not max_relative_width > 0
+        ):
+            raise ValueError(
+                f"max_relative_width must be a number > 0 or None, got {max_relative_width!r}"
+            )
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         if device is not None:
@@ -85,6 +138,16 @@ class AnalysisConfig:
             conv2d=conv2d,  # type: ignore[arg-type]
             normalize=normalize,
             min_evals=min_evals,
+            min_tail=min_tail,
+            max_relative_width=None if max_relative_width is None else float(max_relative_width),
             precision=precision,  # type: ignore[arg-type]
             device=device,
+            fit=FitOptions.create(
+                estimator=estimator,
+                xmin_position=xmin_position,
+                fingers=fingers,
+                interval=interval,
+                confidence=confidence,
+                n_boot=n_boot,
+            ),
         )

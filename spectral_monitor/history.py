@@ -16,7 +16,9 @@ from spectral_monitor.report import SpectralReport
 __all__ = ["AGGREGATE_KEYS", "SpectralHistory"]
 
 #: Aggregates kept per analysis (see SpectralReport.aggregates).
-AGGREGATE_KEYS = ("alpha_mean", "alpha_hat", "alpha_min", "frac_alpha_below_2")
+AGGREGATE_KEYS = ("alpha_mean", "alpha_hat", "alpha_min", "frac_alpha_below_2", "num_reliable")
+#: Per-layer series kept per analysis.
+LAYER_KEYS = ("alpha", "alpha_lo", "alpha_hi", "reliable", "lambda_max")
 
 
 @dataclass
@@ -24,8 +26,9 @@ class SpectralHistory:
     """Trajectories over training.
 
     Attributes:
-        layers: ``{layer: {"step": [...], "alpha": [...], "lambda_max": [...]}}``; a skipped
-            layer's alpha is NaN at that step.
+        layers: ``{layer: {"step": [...], "alpha": [...], "alpha_lo": [...], "alpha_hi": [...],
+            "reliable": [...] (1.0/0.0), "lambda_max": [...]}}``; a skipped layer's alpha is
+            NaN at that step.
         aggregates: ``{"step": [...], "alpha_mean": [...], ...}`` one entry per analysis.
     """
 
@@ -57,10 +60,12 @@ class SpectralHistory:
         for key in AGGREGATE_KEYS:
             self.aggregates[key].append(float(agg[key]))
         for layer in report.layers:
-            track = self.layers.setdefault(layer.name, {"step": [], "alpha": [], "lambda_max": []})
+            track = self.layers.setdefault(layer.name, {"step": []})
+            for key in LAYER_KEYS:  # a history restored from before a key existed gets NaN
+                track.setdefault(key, [math.nan] * len(track["step"]))
             track["step"].append(report.step)
-            track["alpha"].append(float(layer.alpha))
-            track["lambda_max"].append(float(layer.lambda_max))
+            for key in LAYER_KEYS:
+                track[key].append(float(getattr(layer, key)))
         return True
 
     def alpha(self, layer: str) -> tuple[list[int], list[float]]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -17,6 +17,7 @@ from spectral_monitor.powerlaw_fit import PowerLawFit
 __all__ = [
     "OVER_TRAINED_BELOW",
     "UNDER_TRAINED_ABOVE",
+    "LayerMetrics",
     "aggregate_metrics",
     "layer_metrics",
     "verdict",
@@ -28,11 +29,14 @@ OVER_TRAINED_BELOW = 2.0
 UNDER_TRAINED_ABOVE = 6.0
 
 
-def verdict(alpha: float) -> str:
-    """``"over-trained"`` (alpha < 2), ``"under-trained"`` (alpha > 6), ``"well-trained"``, or
-    ``"no fit"`` for a NaN alpha."""
+def verdict(alpha: float, reliable: bool = True) -> str:
+    """``"over-trained"`` (alpha < 2), ``"under-trained"`` (alpha > 6), ``"well-trained"``;
+    ``"unreliable"`` for a fit that cannot be trusted (see :mod:`spectral_monitor.reliability`:
+    never a verdict from a handful of eigenvalues), ``"no fit"`` for a NaN alpha."""
     if not math.isfinite(alpha):
         return "no fit"
+    if not reliable:
+        return "unreliable"
     if alpha < OVER_TRAINED_BELOW:
         return "over-trained"
     if alpha > UNDER_TRAINED_ABOVE:
@@ -40,7 +44,30 @@ def verdict(alpha: float) -> str:
     return "well-trained"
 
 
-def layer_metrics(evals: np.ndarray, fit: PowerLawFit) -> dict[str, Any]:
+@dataclass(frozen=True)
+class LayerMetrics:
+    """Scalar metrics of one layer: the fit's fields and the norms of its spectrum.
+
+    Eigenvalue-valued fields are in the units of the spectrum they came from; NaN where undefined.
+    """
+
+    alpha: float
+    xmin: float
+    D: float
+    sigma: float
+    n_tail: int
+    alpha_lo: float
+    alpha_hi: float
+    num_fingers: int
+    lambda_max: float
+    log_spectral_norm: float
+    log_norm: float
+    log_alpha_norm: float
+    stable_rank: float
+    alpha_weighted: float
+
+
+def layer_metrics(evals: np.ndarray, fit: PowerLawFit) -> LayerMetrics:
     """Scalar metrics of one layer.
 
     Args:
@@ -48,10 +75,11 @@ def layer_metrics(evals: np.ndarray, fit: PowerLawFit) -> dict[str, Any]:
         fit: the power-law fit of the positive ones.
 
     Returns:
-        dict with ``lambda_max`` (largest eigenvalue), ``log_spectral_norm`` (log10 λmax),
-        ``log_norm`` (log10 Σλ, the squared Frobenius norm), ``log_alpha_norm`` (log10 Σλ^alpha),
+        ``lambda_max`` (largest eigenvalue), ``log_spectral_norm`` (log10 λmax), ``log_norm``
+        (log10 Σλ, the squared Frobenius norm), ``log_alpha_norm`` (log10 Σλ^alpha),
         ``stable_rank`` (Σλ / λmax), ``alpha_weighted`` (alpha · log10 λmax) and the fit's
-        ``alpha``, ``xmin``, ``D``, ``sigma``, ``n_tail``; NaN where undefined.
+        ``alpha``, ``xmin``, ``D``, ``sigma``, ``n_tail``, ``alpha_lo``, ``alpha_hi``,
+        ``num_fingers``.
     """
     evals = np.asarray(evals, dtype=np.float64)
     lambda_max = float(evals.max()) if evals.size else math.nan
@@ -65,23 +93,26 @@ def layer_metrics(evals: np.ndarray, fit: PowerLawFit) -> dict[str, Any]:
         log_alpha_norm = alpha * log_max + math.log10(scaled)
     else:
         log_alpha_norm = math.nan
-    return {
-        "alpha": alpha,
-        "xmin": fit.xmin,
-        "D": fit.D,
-        "sigma": fit.sigma,
-        "n_tail": fit.n_tail,
-        "lambda_max": lambda_max,
-        "log_spectral_norm": log_max,
-        "log_norm": math.log10(total) if total > 0 else math.nan,
-        "log_alpha_norm": log_alpha_norm,
-        "stable_rank": total / lambda_max if positive else math.nan,
-        "alpha_weighted": alpha * log_max,
-    }
+    return LayerMetrics(
+        alpha=alpha,
+        xmin=fit.xmin,
+        D=fit.D,
+        sigma=fit.sigma,
+        n_tail=fit.n_tail,
+        alpha_lo=fit.alpha_lo,
+        alpha_hi=fit.alpha_hi,
+        num_fingers=fit.num_fingers,
+        lambda_max=lambda_max,
+        log_spectral_norm=log_max,
+        log_norm=math.log10(total) if total > 0 else math.nan,
+        log_alpha_norm=log_alpha_norm,
+        stable_rank=total / lambda_max if positive else math.nan,
+        alpha_weighted=alpha * log_max,
+    )
 
 
 def aggregate_metrics(alphas: Sequence[float], lambda_maxes: Sequence[float]) -> dict[str, float]:
-    """Model-level aggregates over the layers that have a fit.
+    """Model-level aggregates over the given layers (the caller passes the reliable ones).
 
     Args:
         alphas: alpha per layer (NaN for layers without a fit, which are left out).
@@ -90,8 +121,8 @@ def aggregate_metrics(alphas: Sequence[float], lambda_maxes: Sequence[float]) ->
     Returns:
         ``alpha_mean``; ``alpha_hat`` = mean of alpha · ln λmax (natural log: the seed's
         universal metric, Martin, Peng & Mahoney 2021); ``alpha_min`` (the most heavy-tailed
-        layer); ``frac_alpha_below_2``; and ``num_fitted``. NaN aggregates when no layer has a
-        fit.
+        layer); ``frac_alpha_below_2``; and ``num_fitted`` (layers that entered). NaN
+        aggregates when no layer entered.
     """
     a = np.asarray(alphas, dtype=np.float64)
     lam = np.asarray(lambda_maxes, dtype=np.float64)

@@ -15,7 +15,11 @@ import textwrap
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from spectral_monitor.config import DEFAULT_MIN_EVALS
+from spectral_monitor.config import (
+    DEFAULT_MAX_RELATIVE_WIDTH,
+    DEFAULT_MIN_EVALS,
+    DEFAULT_MIN_TAIL,
+)
 from spectral_monitor.layers import LayerFilter
 
 __all__ = ["OPTIONS", "OPTIONS_DOC", "bind_options", "monitor_options", "with_options"]
@@ -29,8 +33,16 @@ def monitor_options(
     conv2d: str = "flatten",
     normalize: bool = True,
     min_evals: int = DEFAULT_MIN_EVALS,
+    min_tail: int = DEFAULT_MIN_TAIL,
+    max_relative_width: float | None = DEFAULT_MAX_RELATIVE_WIDTH,
     precision: str = "float32",
     device: Any = None,
+    estimator: str = "ks",
+    interval: str = "analytic",
+    confidence: float = 0.9,
+    n_boot: int = 100,
+    fingers: str | None = None,
+    xmin_position: float = 2.0,
     log_histograms: bool = True,
     histogram_every: int = 1,
     log_figures_every: int | None = None,
@@ -51,9 +63,22 @@ def monitor_options(
         exclude: drop layers matching these patterns or types.
         conv2d: ``"flatten"`` (one (out, in·kh·kw) matrix) or ``"slices"`` (WeightWatcher's).
         normalize: divide eigenvalues by the weight's number of rows (False: WeightWatcher's σ²).
-        min_evals: layers with fewer eigenvalues are skipped with that reason.
+        min_evals: fits on fewer positive eigenvalues (default 50) are unreliable: alpha is
+            logged, but the layer gets no verdict and enters no aggregate (README "What reliable
+            means").
+        min_tail: fits whose tail has fewer values (default 30) are unreliable.
+        max_relative_width: fits whose interval is wider than this times (alpha - 1) are
+            unreliable (default 1.0; None: no width rule).
         precision: eigensolver precision, ``"float32"`` or ``"float64"``.
         device: where to analyse (default: the weights' device).
+        estimator: ``"ks"`` (default, Clauset–Shalizi–Newman), ``"hill_median"`` (TempBalance's)
+            or ``"ks_peak"`` (WeightWatcher's ``xmin_peak``); see ``fit_power_law``.
+        interval: ``"analytic"`` (default) or ``"bootstrap"``: how ``alpha_lo``/``alpha_hi``
+            are computed.
+        confidence: level of the interval (default 0.9).
+        n_boot: resamples of ``interval="bootstrap"`` (default 100).
+        fingers: ``"clip"`` drops top outliers before the fit (WeightWatcher's ``clip_xmax``).
+        xmin_position: ``estimator="hill_median"`` puts xmin at index ``int(N / xmin_position)``.
         log_histograms: log per-layer histograms of log10 λ to TensorBoard.
         histogram_every: log histograms, the verdict table and the alpha heatmap every this many
             analyses.

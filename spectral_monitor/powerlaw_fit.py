@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -449,7 +449,7 @@ class FitTable:
     table: torch.Tensor
     num_values: list[int]
     reasons: list[str | None]
-    options: FitOptions = FitOptions()
+    options: FitOptions = field(default_factory=FitOptions)
 
     def results(self, host_table: torch.Tensor | None = None) -> list[PowerLawFit]:
         """One :class:`PowerLawFit` per input, from ``table`` or its copy already on the host."""

@@ -26,6 +26,11 @@ class LayerSpectrum:
     Eigenvalue-valued fields (``lambda_max``, ``xmin``) are in the convention of the report that
     holds the layer (``SpectralReport.normalize`` and ``.conv2d``). Float fields are NaN, never a
     made-up number, when the layer is skipped or has no fit; ``skipped`` then says why.
+
+    ``alpha_lo``/``alpha_hi`` bound alpha at the analysis' confidence level. ``reliable`` says
+    whether the fit can be trusted (:mod:`spectral_monitor.reliability`); when it is False,
+    ``unreliable_reason`` says why (for a skipped layer, the skip reason), ``verdict`` is
+    ``"unreliable"`` and the layer enters no aggregate. Its alpha is still reported: it is data.
     """
 
     name: str
@@ -39,6 +44,11 @@ class LayerSpectrum:
     D: float = math.nan
     sigma: float = math.nan
     n_tail: int = 0
+    alpha_lo: float = math.nan
+    alpha_hi: float = math.nan
+    num_fingers: int = 0
+    reliable: bool = False
+    unreliable_reason: str | None = None
     alpha_weighted: float = math.nan
     log_spectral_norm: float = math.nan
     log_norm: float = math.nan
@@ -53,7 +63,17 @@ class LayerSpectrum:
         """The layer's power-law fit as a :class:`PowerLawFit` (failed when skipped)."""
         if self.skipped is not None or not math.isfinite(self.alpha):
             return PowerLawFit.failed(self.skipped or "no fit")
-        return PowerLawFit(self.alpha, self.xmin, self.D, self.sigma, self.n_tail, self.num_evals)
+        return PowerLawFit(
+            self.alpha,
+            self.xmin,
+            self.D,
+            self.sigma,
+            self.n_tail,
+            self.num_evals,
+            alpha_lo=self.alpha_lo,
+            alpha_hi=self.alpha_hi,
+            num_fingers=self.num_fingers,
+        )
 
     def to_row(self) -> dict[str, Any]:
         """The scalar fields as a dict (``shape`` as ``"a x b"``, no eigenvalues)."""
@@ -96,18 +116,27 @@ class SpectralReport:
         return [la for la in self.layers if la.skipped is None and math.isfinite(la.alpha)]
 
     @property
+    def reliable(self) -> list[LayerSpectrum]:
+        """Layers whose fit can be trusted: the only ones that enter aggregates and verdicts."""
+        return [la for la in self.fitted if la.reliable]
+
+    @property
     def skipped(self) -> list[LayerSpectrum]:
         """Layers without a fit (each with its reason)."""
         return [la for la in self.layers if la.skipped is not None]
 
     @property
     def aggregates(self) -> dict[str, float]:
-        """``alpha_mean``, ``alpha_hat``, ``alpha_min``, ``frac_alpha_below_2``, ``num_fitted``,
-        ``num_layers``,
-        ``num_skipped`` (see :func:`spectral_monitor.metrics.aggregate_metrics`)."""
+        """Over the reliable layers: ``alpha_mean``, ``alpha_hat``, ``alpha_min``,
+        ``frac_alpha_below_2`` (see :func:`spectral_monitor.metrics.aggregate_metrics`); and
+        ``num_reliable``, ``num_fitted`` (layers with a fit, reliable or not), ``num_layers``,
+        ``num_skipped``."""
+        reliable = self.reliable
         agg: dict[str, float] = aggregate_metrics(
-            [la.alpha for la in self.fitted], [la.lambda_max for la in self.fitted]
+            [la.alpha for la in reliable], [la.lambda_max for la in reliable]
         )
+        agg["num_reliable"] = agg.pop("num_fitted")
+        agg["num_fitted"] = len(self.fitted)
         agg["num_layers"] = len(self.layers)
         agg["num_skipped"] = len(self.skipped)
         return agg
@@ -124,12 +153,15 @@ class SpectralReport:
         """Scalars to log, model curves under ``{prefix}/`` and housekeeping under
         ``{prefix}_meta/`` (README "TensorBoard" lists every tag):
 
-        - ``{prefix}/alpha/<layer>``, ``{prefix}/lambda_max/<layer>`` for fitted layers;
-        - ``{prefix}/alpha_mean``, ``alpha_min``, ``alpha_hat``, ``frac_alpha_below_2``;
+        - ``{prefix}/alpha/<layer>``, ``{prefix}/alpha_lo/<layer>``, ``{prefix}/alpha_hi/<layer>``
+          (the interval) and ``{prefix}/lambda_max/<layer>`` for every fitted layer, reliable or
+          not (its alpha is data);
+        - over reliable layers only: ``{prefix}/alpha_mean``, ``alpha_min``, ``alpha_hat``,
+          ``frac_alpha_below_2``, and ``{prefix}/num_reliable``;
         - ``{prefix}/alpha_mean_minus_std``, ``alpha_mean_plus_std``: alpha_mean ± the standard
-          deviation of alpha over the layers (a margin chart draws the band);
-        - ``{prefix}/alpha_by_type/<type>``: mean alpha per module type shared by >= 2 layers
-          (see :mod:`spectral_monitor.module_types`);
+          deviation of alpha over the reliable layers (a margin chart draws the band);
+        - ``{prefix}/alpha_by_type/<type>``: mean alpha of the reliable layers per module type
+          shared by >= 2 layers (see :mod:`spectral_monitor.module_types`);
         - ``{prefix}_meta/layers_skipped``, ``analysis_seconds``, ``analysis_memory_mb``.
 
         NaN values are left out (loggers draw them as gaps or reject them)."""
@@ -137,16 +169,19 @@ class SpectralReport:
         out: dict[str, float] = {}
         for la in self.fitted:
             out[f"{prefix}/alpha/{la.name}"] = float(la.alpha)
+            out[f"{prefix}/alpha_lo/{la.name}"] = float(la.alpha_lo)
+            out[f"{prefix}/alpha_hi/{la.name}"] = float(la.alpha_hi)
             out[f"{prefix}/lambda_max/{la.name}"] = float(la.lambda_max)
         agg = self.aggregates
-        for key in ("alpha_mean", "alpha_min", "alpha_hat", "frac_alpha_below_2"):
+        for key in ("alpha_mean", "alpha_min", "alpha_hat", "frac_alpha_below_2", "num_reliable"):
             out[f"{prefix}/{key}"] = float(agg[key])
-        alphas = np.array([la.alpha for la in self.fitted], dtype=np.float64)
+        reliable = self.reliable
+        alphas = np.array([la.alpha for la in reliable], dtype=np.float64)
         if alphas.size:
             spread = float(alphas.std())
             out[f"{prefix}/alpha_mean_minus_std"] = float(agg["alpha_mean"]) - spread
             out[f"{prefix}/alpha_mean_plus_std"] = float(agg["alpha_mean"]) + spread
-        trusted = {la.name for la in self.fitted}
+        trusted = {la.name for la in reliable}
         by_type = alpha_by_type(
             [la.name for la in self.layers],
             [la.alpha if la.name in trusted else math.nan for la in self.layers],
@@ -216,8 +251,8 @@ class SpectralReport:
 
     def format_table(self, width: int = 100) -> str:
         """An aligned text table of the layers and the aggregates, at most ``width`` columns."""
-        header = f"{'layer':<28} {'kind':<6} {'shape':>15} {'alpha':>7} {'lambda_max':>11}"
-        header += f" {'n_tail':>6} {'D':>6}  verdict"
+        header = f"{'layer':<28} {'kind':<6} {'shape':>15} {'alpha':>7} {'interval':>15}"
+        header += f" {'lambda_max':>11} {'n_tail':>6} {'D':>6}  verdict"
         lines = [header, "-" * min(width, len(header) + 14)]
         for la in self.layers:
             name = la.name if len(la.name) <= 28 else "…" + la.name[-27:]
@@ -225,15 +260,16 @@ class SpectralReport:
             if la.skipped is not None:
                 lines.append(f"{name:<28} {la.kind:<6} {shape:>15}  skipped: {la.skipped}")
                 continue
+            interval = f"[{la.alpha_lo:.2f}, {la.alpha_hi:.2f}]"
             lines.append(
-                f"{name:<28} {la.kind:<6} {shape:>15} {la.alpha:>7.3f} {la.lambda_max:>11.4g}"
-                f" {la.n_tail:>6d} {la.D:>6.3f}  {la.verdict}"
+                f"{name:<28} {la.kind:<6} {shape:>15} {la.alpha:>7.3f} {interval:>15}"
+                f" {la.lambda_max:>11.4g} {la.n_tail:>6d} {la.D:>6.3f}  {la.verdict}"
             )
         agg = self.aggregates
         lines.append(
             f"alpha_mean={agg['alpha_mean']:.3f}  alpha_hat={agg['alpha_hat']:.3f}  "
             f"frac_alpha<2={agg['frac_alpha_below_2']:.2f}  layers={agg['num_layers']} "
-            f"(skipped {agg['num_skipped']})"
+            f"(reliable {agg['num_reliable']}, skipped {agg['num_skipped']})"
         )
         return "\n".join(line[:width] for line in lines)
 

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from spectral_monitor.history import SpectralHistory
+from spectral_monitor.module_types import alpha_by_type
 from spectral_monitor.plots import figure_to_array, plot_alpha_heatmap, plot_esd
 from spectral_monitor.report import SpectralReport
 
@@ -212,7 +213,10 @@ class TensorBoardSink:
         verdict table, at ``step``; the layout with the first report (which tells whether there
         are module types)."""
         if self._layout is None:
-            by_type = any(tag.startswith(f"{self.prefix}/alpha_by_type/") for tag in scalars)
+            # From the layer names, not the scalars: a type's mean exists only once its layers'
+            # fits are reliable, but its chart belongs in the layout from the start.
+            names = [la.name for la in report.layers]
+            by_type = bool(alpha_by_type(names, [0.0] * len(names)))
             self._layout = LayoutEntry(self.stop_threshold, by_type)
             register_layout(self.writer, self.prefix, self._layout)
         if self.scalars:

@@ -24,7 +24,7 @@ import numpy as np
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import nn
 
-from spectral_monitor.config import AnalysisConfig
+from spectral_monitor.config import FIT_AND_TRUST_OPTIONS, AnalysisConfig
 from spectral_monitor.distributed import Gather, assign_layers, merge_reports
 from spectral_monitor.history import SpectralHistory
 from spectral_monitor.layers import select_layers
@@ -110,7 +110,14 @@ class SpectralTracker:
         if log_dir is not None and not isinstance(log_dir, str):
             raise ValueError(f"log_dir must be a path string or None, got {log_dir!r}")
         self.config = AnalysisConfig.create(
-            layers, exclude, conv2d, normalize, min_evals, precision, device
+            layers,
+            exclude,
+            conv2d,
+            normalize,
+            min_evals,
+            precision,
+            device,
+            **{key: options[key] for key in FIT_AND_TRUST_OPTIONS},
         )
         self.every_n_steps = every_n_steps
         self.mode = "thread" if mode == "auto" else mode

@@ -20,7 +20,11 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from spectral_monitor.demo import RandomLabelMLP
 
-__all__ = ["RandomLabelMLP"]  # the demo's over-regularising MLP, used by the stop tests
+__all__ = ["TRUST_TINY", "RandomLabelMLP"]  # RandomLabelMLP: the demo's over-regularising MLP
+
+#: Reliability thresholds that let the tiny test models' layers (a few dozen eigenvalues) count
+#: as reliable, for tests of the plumbing (aggregates, stop rule, logging) rather than of trust.
+TRUST_TINY: dict[str, Any] = {"min_evals": 2, "min_tail": 2, "max_relative_width": None}
 
 
 class ConvNet(L.LightningModule):

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import small_cnn, small_mlp
+from lightning_helpers import TRUST_TINY
 from torch import nn
 
 from spectral_monitor import SpectralAnalysis, analyze, fit_power_law
@@ -79,7 +80,13 @@ def test_analyze_seed_model_both_layers() -> None:
         assert la.xmin == pytest.approx(3.6, rel=1e-5)
         assert la.lambda_max == pytest.approx(10.0, rel=1e-5)
         assert la.skipped is None
-    assert report.alpha_hat == pytest.approx(SEED_ALPHA * math.log(10), rel=1e-4)
+        # 10 eigenvalues: the alpha is reported, but it is not a verdict and not an aggregate.
+        assert not la.reliable and "min_evals=50" in la.unreliable_reason
+        assert la.verdict == "unreliable"
+        assert la.alpha_lo < la.alpha < la.alpha_hi
+    assert math.isnan(report.alpha_hat) and report.aggregates["num_reliable"] == 0
+    trusted = analyze(diag_model(), **TRUST_TINY)
+    assert trusted.alpha_hat == pytest.approx(SEED_ALPHA * math.log(10), rel=1e-4)
 
 
 # --- agreement with WeightWatcher 0.7.7 -----------------------------------------------------
@@ -226,7 +233,7 @@ def test_strange_layers_are_skipped_with_reasons() -> None:
         nn.Linear(30, 40),  # fine
         nn.Linear(40, 30),  # NaN
         nn.Linear(30, 30),  # all zeros
-        nn.Linear(30, 5),  # 5 eigenvalues < min_evals
+        nn.Linear(30, 5),  # 5 eigenvalues < min_evals: fitted, unreliable
         nn.Linear(5, 30),  # Inf
         nn.Linear(30, 30),  # rank 1: one positive eigenvalue, no fit
     )
@@ -235,18 +242,23 @@ def test_strange_layers_are_skipped_with_reasons() -> None:
         model[2].weight.zero_()
         model[4].weight[0, 0] = float("inf")
         model[5].weight.copy_(torch.outer(torch.arange(1.0, 31.0), torch.ones(30)))
-    report = analyze(model, min_evals=10)
+    report = analyze(model, min_evals=10, min_tail=2, max_relative_width=None)
     reasons = {la.name: la.skipped for la in report.layers}
-    assert reasons["0"] is None
+    assert reasons["0"] is None and reasons["3"] is None
     assert "non-finite" in reasons["1"]
     assert "all-zero" in reasons["2"]
-    assert "min_evals" in reasons["3"]
-    assert "min_evals" in reasons["4"]  # 5 eigenvalues: too few before even looking at values
+    assert "non-finite" in reasons["4"]
     assert "no power-law fit" in reasons["5"]
-    for la in report.layers[1:]:
-        assert math.isnan(la.alpha) and la.verdict in ("skipped", "no fit")
+    small = report.layer("3")
+    assert math.isfinite(small.alpha) and not small.reliable and small.verdict == "unreliable"
+    assert "5 positive eigenvalues < min_evals=10" in small.unreliable_reason
+    for name in ("1", "2", "4", "5"):
+        la = report.layer(name)
+        assert math.isnan(la.alpha) and la.verdict == "skipped" and not la.reliable
+        assert la.unreliable_reason == la.skipped
     assert report.layer("5").lambda_max > 0  # a real number is kept, never a fake one
-    assert report.aggregates["num_fitted"] == 1 and report.aggregates["num_skipped"] == 5
+    agg = report.aggregates
+    assert agg["num_fitted"] == 2 and agg["num_reliable"] == 1 and agg["num_skipped"] == 4
     assert report.alpha_mean == report.layer("0").alpha
 
 
@@ -290,13 +302,14 @@ def test_config_is_reusable_and_frozen() -> None:
 
 
 def test_report_rows_csv_json_dataframe(tmp_path, cnn) -> None:
-    report = analyze(cnn)
+    report = analyze(cnn, min_evals=10, min_tail=2, max_relative_width=None)
     rows = report.to_rows()
     assert len(rows) == 5 and rows[0]["name"] == "0" and rows[0]["shape"] == "24x1x3x3"
     for key in (
         "alpha", "xmin", "D", "sigma", "n_tail", "num_evals", "lambda_max", "Q",
         "alpha_weighted", "log_spectral_norm", "log_norm", "log_alpha_norm", "stable_rank",
-        "verdict", "skipped", "kind", "conv2d", "normalize",
+        "verdict", "skipped", "kind", "conv2d", "normalize", "alpha_lo", "alpha_hi",
+        "reliable", "unreliable_reason", "num_fingers",
     ):  # fmt: skip
         assert key in rows[0]
     layer = report.layers[3]
@@ -311,10 +324,12 @@ def test_report_rows_csv_json_dataframe(tmp_path, cnn) -> None:
     frame = report.to_dataframe()
     assert list(frame["name"]) == [la.name for la in report.layers]
     agg = report.aggregates
-    assert "min_evals" in report.layer("0").skipped  # Conv2d(1, 24, 3): 9 eigenvalues
-    alphas = np.array([la.alpha for la in report.fitted])
-    lmax = np.array([la.lambda_max for la in report.fitted])
-    assert len(alphas) == 4
+    first = report.layer("0")  # Conv2d(1, 24, 3): 9 eigenvalues
+    assert first.skipped is None and not first.reliable
+    assert "min_evals" in first.unreliable_reason
+    alphas = np.array([la.alpha for la in report.reliable])
+    lmax = np.array([la.lambda_max for la in report.reliable])
+    assert len(alphas) == 4 and agg["num_reliable"] == 4 and agg["num_fitted"] == 5
     assert agg["alpha_mean"] == pytest.approx(alphas.mean())
     assert agg["alpha_hat"] == pytest.approx(np.mean(alphas * np.log(lmax)))
     assert agg["frac_alpha_below_2"] == pytest.approx(np.mean(alphas < 2))

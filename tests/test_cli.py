@@ -13,7 +13,7 @@ import torch
 from conftest import small_cnn
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning_helpers import ConvNet, image_loader, trainer
+from lightning_helpers import TRUST_TINY, ConvNet, image_loader, trainer
 
 from spectral_monitor import SpectralMonitor, analyze
 from spectral_monitor.cli import main
@@ -29,7 +29,7 @@ def run_cli(*argv: str) -> tuple[int, str]:
 def trained_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("run")
     model = ConvNet()
-    monitor = SpectralMonitor(every_n_steps=5, min_evals=5, mode="sync")
+    monitor = SpectralMonitor(every_n_steps=5, **TRUST_TINY, mode="sync")
     run = trainer(
         max_steps=10,
         callbacks=[monitor, ModelCheckpoint(dirpath=root / "ckpt", save_last=True)],
@@ -89,7 +89,7 @@ def test_analyze_writes_real_pngs(tmp_path) -> None:
     code, _text = run_cli("analyze", str(tmp_path / "sd.pt"), "--plots", str(tmp_path / "plots"))
     assert code == 0
     pngs = sorted((tmp_path / "plots").glob("*.png"))
-    assert len(pngs) == 5  # alpha by layer + one ESD per layer with eigenvalues
+    assert len(pngs) == 6  # alpha by layer + one ESD per fitted layer (reliable or not)
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in pngs)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning_helpers import ConvNet
+from lightning_helpers import TRUST_TINY, ConvNet
 
 from spectral_monitor import analyze
 
@@ -61,7 +61,7 @@ def test_ranks_agree_and_rank_zero_writes_one_event_file(
     model = ConvNet()
     model.load_state_dict(torch.load(tmp_path / "final.pt"))
     assert h0["aggregates"]["step"][-1] == ranks[0]["global_step"]
-    expected = analyze(model, min_evals=5)
+    expected = analyze(model, **TRUST_TINY)
     assert h0["aggregates"]["alpha_mean"][-1] == pytest.approx(expected.alpha_mean, rel=1e-6)
     last = {name: values["alpha"][-1] for name, values in h0["layers"].items()}
     assert last == pytest.approx({la.name: la.alpha for la in expected.layers}, rel=1e-6)

@@ -13,7 +13,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from lightning_helpers import ConvNet, image_loader, trainer
+from lightning_helpers import TRUST_TINY, ConvNet, image_loader, trainer
 from torch import nn
 
 import spectral_monitor.eigen as eigen_module
@@ -55,13 +55,16 @@ class StrangeNet(ConvNet):
 
 
 def test_strange_layers_are_skipped_with_reasons_during_training() -> None:
-    monitor = SpectralMonitor(every_n_steps=5, min_evals=5, mode="sync")
+    monitor = SpectralMonitor(
+        every_n_steps=5, min_evals=5, min_tail=2, max_relative_width=None, mode="sync"
+    )
     trainer(max_steps=12, callbacks=[monitor]).fit(StrangeNet(poison_at=7), image_loader())
     first, last = monitor.history.layers, monitor.latest
     assert last is not None
     assert "all-zero" in last.layer("zero").skipped
     assert "no power-law fit" in last.layer("rank1").skipped
-    assert "min_evals" in last.layer("tiny").skipped
+    tiny = last.layer("tiny")  # 3 eigenvalues: fitted and reported, but not trusted
+    assert tiny.skipped is None and not tiny.reliable and "min_evals" in tiny.unreliable_reason
     assert last.layer("frozen").skipped is None  # frozen is not broken: it is analysed
     # NaN appeared at step 7: analysed fine at 0 and 5, skipped with the reason afterwards.
     alphas = first["net.5"]["alpha"]
@@ -95,7 +98,7 @@ def test_model_without_layers_warns_once_and_trains() -> None:
 
 @pytest.mark.parametrize("precision", ["bf16-mixed", "bf16-true"])
 def test_bf16_training(precision) -> None:
-    monitor = SpectralMonitor(every_n_steps=5, min_evals=5, mode="sync")
+    monitor = SpectralMonitor(every_n_steps=5, **TRUST_TINY, mode="sync")
     run = trainer(max_steps=10, precision=precision, callbacks=[monitor])
     run.fit(ConvNet(), image_loader())
     assert monitor.history.steps == [0, 5, 10]
@@ -104,8 +107,8 @@ def test_bf16_training(precision) -> None:
 
 def test_half_precision_weights_analyse_like_float32() -> None:
     model = ConvNet().net
-    half = analyze(model.half(), min_evals=5)
-    ref = analyze(model.float(), min_evals=5)
+    half = analyze(model.half(), **TRUST_TINY)
+    ref = analyze(model.float(), **TRUST_TINY)
     for a, b in zip(half.layers, ref.layers, strict=True):
         assert a.alpha == pytest.approx(b.alpha, rel=1e-6)  # same fp16-rounded weights
 
@@ -116,7 +119,7 @@ def test_torch_compiled_module_keeps_user_names() -> None:
             super().__init__()
             self.net = torch.compile(self.net, backend="eager")
 
-    monitor = SpectralMonitor(every_n_steps=5, min_evals=5)
+    monitor = SpectralMonitor(every_n_steps=5, **TRUST_TINY)
     trainer(max_steps=5, callbacks=[monitor]).fit(Compiled(), image_loader())
     assert set(monitor.history.layers) == {"net.0", "net.2", "net.5", "net.7"}
 
@@ -133,7 +136,7 @@ def test_wrapper_modules_do_not_appear_in_layer_names() -> None:
     inner = nn.Sequential(nn.Linear(20, 40), nn.ReLU(), nn.Linear(40, 30))
     inner[2] = Wrapper("_checkpoint_wrapped_module", inner[2])
     model = nn.Sequential(Wrapper("_fsdp_wrapped_module", inner))
-    report = analyze(model, min_evals=5)
+    report = analyze(model, **TRUST_TINY)
     assert [layer.name for layer in report.layers] == ["0.0", "0.2"]
 
 
@@ -181,7 +184,7 @@ def test_eigensolver_failure_falls_back_then_skips(monkeypatch) -> None:
 
 
 def test_max_steps_smaller_than_every_n_steps() -> None:
-    monitor = SpectralMonitor(every_n_steps=100, min_evals=5)
+    monitor = SpectralMonitor(every_n_steps=100, **TRUST_TINY)
     trainer(max_steps=7, callbacks=[monitor]).fit(ConvNet(), image_loader())
     assert monitor.history.steps == [0]  # the analysis at the start, nothing due after
     assert no_monitor_threads()

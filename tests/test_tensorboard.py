@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning_helpers import read_events, trainer
+from lightning_helpers import TRUST_TINY, read_events, trainer
 from PIL import Image
 from tensorboard.plugins.custom_scalar import layout_pb2
 from torch import nn
@@ -85,9 +85,11 @@ def two_monitor_run(tmp_path_factory) -> tuple[Path, SpectralMonitor, SpectralMo
     root = tmp_path_factory.mktemp("tb")
     torch.manual_seed(0)
     first = SpectralMonitor(
-        every_n_steps=10, mode="sync", stop_below=1.0, log_figures_every=100, min_evals=5
+        every_n_steps=10, mode="sync", stop_below=1.0, log_figures_every=100, **TRUST_TINY
     )
-    second = SpectralMonitor(every_n_steps=10, mode="sync", normalize=False, prefix="raw")
+    second = SpectralMonitor(
+        every_n_steps=10, mode="sync", normalize=False, prefix="raw", **TRUST_TINY
+    )
     run = trainer(
         max_steps=25, callbacks=[first, second], logger=TensorBoardLogger(root, name="run")
     )
@@ -202,7 +204,7 @@ def test_verdict_table_columns(two_monitor_run) -> None:
 def test_plain_loop_uses_the_same_sink(tmp_path) -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 32))
-    tracker = SpectralTracker(every_n_steps=5, mode="sync", log_dir=str(tmp_path), min_evals=5)
+    tracker = SpectralTracker(every_n_steps=5, mode="sync", log_dir=str(tmp_path), **TRUST_TINY)
     tracker_b = SpectralTracker(every_n_steps=5, mode="sync", log_dir=str(tmp_path), prefix="b")
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     for step in range(1, 11):

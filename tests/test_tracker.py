@@ -8,7 +8,7 @@ import threading
 import pytest
 import torch
 from conftest import small_mlp
-from lightning_helpers import assert_analysed_steps, read_events, scalar_steps
+from lightning_helpers import TRUST_TINY, assert_analysed_steps, read_events, scalar_steps
 from torch import nn
 
 from spectral_monitor import SpectralHistory, SpectralTracker, analyze
@@ -37,7 +37,9 @@ def train(tracker: SpectralTracker, model: nn.Module, steps: int, lr: float = 0.
 
 @pytest.mark.parametrize("mode", ["thread", "sync"])
 def test_plain_loop_writes_tensorboard_and_history(tmp_path, mode) -> None:
-    tracker = SpectralTracker(every_n_steps=10, mode=mode, log_dir=str(tmp_path / "run"))
+    tracker = SpectralTracker(
+        every_n_steps=10, mode=mode, log_dir=str(tmp_path / "run"), **TRUST_TINY
+    )
     model = small_mlp()
     train(tracker, model, 40)
     assert_analysed_steps(tracker, [1, 10, 20, 30, 40])
@@ -49,7 +51,9 @@ def test_plain_loop_writes_tensorboard_and_history(tmp_path, mode) -> None:
     assert "custom_scalars__config__" in events.Tags()["tensors"]
     assert tracker.latest is not None
     if steps[-1] == 40:
-        assert tracker.latest.alpha_mean == pytest.approx(analyze(model).alpha_mean, rel=1e-6)
+        assert tracker.latest.alpha_mean == pytest.approx(
+            analyze(model, **TRUST_TINY).alpha_mean, rel=1e-6
+        )
     assert not [t for t in threading.enumerate() if t.name.startswith("spectral-monitor")]
 
 
@@ -67,7 +71,9 @@ def test_tracker_state_dict_round_trip() -> None:
 def _report(step: int, alpha: float) -> SpectralReport:
     from spectral_monitor.report import LayerSpectrum
 
-    layer = LayerSpectrum("x", "linear", (4, 4), alpha=alpha, lambda_max=2.0, verdict="ok")
+    layer = LayerSpectrum(
+        "x", "linear", (4, 4), alpha=alpha, lambda_max=2.0, verdict="ok", reliable=True
+    )
     return SpectralReport([layer], step=step)
 
 

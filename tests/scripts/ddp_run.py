@@ -25,6 +25,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lightning_helpers import (
+    TRUST_TINY,
     ConvNet,
     RandomLabelMLP,
     ShardedConvNet,
@@ -90,7 +91,7 @@ def main() -> None:
     if args.strategy == "fsdp2":
         strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
     monitor = SpectralMonitor(
-        every_n_steps=10, min_evals=5, stop_below=args.stop_below, stop_patience=2
+        every_n_steps=10, **TRUST_TINY, stop_below=args.stop_below, stop_patience=2
     )
     trainer = L.Trainer(
         accelerator="cpu",
