@@ -6,8 +6,8 @@ each thread setting (one thread, then the default), it measures in the same run,
 best of ``--repeat`` wall times of:
 
 - ``WeightWatcher(model=m).analyze()`` (its logging and prints silenced);
-- ``analyze(m, conv2d="slices", normalize=False)`` — WeightWatcher's convention ("ours slices");
-- ``analyze(m)`` — our default (``conv2d="flatten"``, ``normalize=True``);
+- ``analyze(m, conv="slices", normalize=False)`` — WeightWatcher's convention ("ours slices");
+- ``analyze(m)`` — our default (``conv="flatten"``, ``normalize=True``);
 - the *floor*: float32 Gram ``WᵀW`` + ``torch.linalg.eigvalsh`` on exactly the matrices
   ``analyze()`` builds (``spectral_monitor.layers.weight_matrices``), one call per layer, in each
   of the two conv2d modes. ``analyze()/floor`` is the cost of everything that is not the solver.
@@ -170,7 +170,7 @@ def run_weightwatcher(ww: ModuleType, model: nn.Module) -> Any:
 
 def run_ours_slices(model: nn.Module) -> Any:
     """Our analysis in WeightWatcher's convention."""
-    return analyze(model, conv2d="slices", normalize=False)
+    return analyze(model, conv="slices", normalize=False)
 
 
 def run_ours_default(model: nn.Module) -> Any:
@@ -182,8 +182,8 @@ def layer_stacks(model: nn.Module, conv2d: str) -> list[torch.Tensor]:
     """The float32 (count, rows, cols) matrices ``analyze()`` builds, one stack per layer."""
     with torch.no_grad():
         return [
-            weight_matrices(module.weight.detach().float(), conv2d)  # type: ignore[arg-type]
-            for _, module in select_layers(model)
+            weight_matrices(spec.weight().detach().float(), conv2d)  # type: ignore[arg-type]
+            for spec in select_layers(model).specs
         ]
 
 

@@ -66,7 +66,7 @@ def check_correctness(model: nn.Module) -> dict[str, float]:
 def time_analysis(model: nn.Module, repeat: int) -> dict[str, float]:
     model = model.cuda()
     analyze(model)  # warm-up: kernels, cuSOLVER handles
-    stacks = [weight_matrices(m.weight.detach()) for _, m in select_layers(model)]
+    stacks = [weight_matrices(s.weight().detach()) for s in select_layers(model).specs]
     return {
         "analysis_s": median_seconds(lambda: analyze(model), repeat, cuda=True),
         "eigensolver_s": median_seconds(lambda: batched_eigenvalues(stacks), repeat, cuda=True),

@@ -23,7 +23,7 @@ from spectral_monitor.layers import select_layers, weight_matrices
 
 def measure(model: nn.Module, repeat: int, device: str) -> tuple[float, float]:
     model = model.to(device)
-    stacks = [weight_matrices(m.weight.detach()) for _, m in select_layers(model)]
+    stacks = [weight_matrices(s.weight().detach()) for s in select_layers(model).specs]
     analyze(model)  # warm-up
     ours = median_seconds(lambda: analyze(model), repeat, device == "cuda")
     floor = median_seconds(lambda: batched_eigenvalues(stacks), repeat, device == "cuda")

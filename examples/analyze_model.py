@@ -1,6 +1,6 @@
 """Analyse a small CNN built in code and print its per-layer spectral table.
 
-python examples/analyze_model.py [--conv2d slices] [--no-normalize] [--csv layers.csv]
+python examples/analyze_model.py [--conv slices] [--no-normalize] [--csv layers.csv]
 """
 
 from __future__ import annotations
@@ -35,11 +35,11 @@ def build_model() -> nn.Module:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--conv2d", choices=["flatten", "slices"], default="flatten")
+    parser.add_argument("--conv", choices=["flatten", "slices"], default="flatten")
     parser.add_argument("--no-normalize", action="store_true", help="keep sigma^2 (WeightWatcher)")
     parser.add_argument("--csv", help="also write the table as CSV to this path")
     args = parser.parse_args()
-    report = analyze(build_model(), conv2d=args.conv2d, normalize=not args.no_normalize)
+    report = analyze(build_model(), conv=args.conv, normalize=not args.no_normalize)
     print(report.format_table())
     print(f"analysis took {report.seconds:.3f} s")
     if args.csv:

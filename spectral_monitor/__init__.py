@@ -4,6 +4,7 @@ weights, offline with :func:`analyze` and during Lightning training with ``Spect
 from spectral_monitor.analysis import AnalysisConfig, analyze
 from spectral_monitor.callback import SpectralMonitor
 from spectral_monitor.history import SpectralHistory
+from spectral_monitor.layers import register_layer
 from spectral_monitor.powerlaw_fit import PowerLawFit, fit_power_law, fit_power_law_batched
 from spectral_monitor.report import LayerSpectrum, SpectralReport
 from spectral_monitor.spectral_analysis import SpectralAnalysis
@@ -24,4 +25,5 @@ __all__ = [
     "analyze",
     "fit_power_law",
     "fit_power_law_batched",
+    "register_layer",
 ]

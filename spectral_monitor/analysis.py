@@ -12,8 +12,9 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,15 +27,17 @@ from spectral_monitor.config import (
     AnalysisConfig,
 )
 from spectral_monitor.eigen import EigenError, batched_eigenvalues, peak_work_bytes
-from spectral_monitor.layers import LayerFilter, matrix_shape, weight_matrices
+from spectral_monitor.layers import LayerFilter, left_out_message, matrix_shape, weight_matrices
 from spectral_monitor.metrics import layer_metrics, verdict
 from spectral_monitor.powerlaw_fit import PowerLawFit, fit_power_law_table, fit_work_bytes
 from spectral_monitor.reliability import degenerate_reason, unreliable_reason
 from spectral_monitor.report import LayerSpectrum, SpectralReport
 from spectral_monitor.snapshot import (
     LayerSnapshot,
+    select,
     snapshot_dtype,
     snapshot_state_dict,
+    subtract_base,
     take_snapshot,
 )
 
@@ -201,7 +204,7 @@ def analyze(
     *,
     layers: LayerFilter = None,
     exclude: LayerFilter = None,
-    conv2d: str = "flatten",
+    conv2d: str | None = None,
     normalize: bool = True,
     min_evals: int = DEFAULT_MIN_EVALS,
     min_tail: int = DEFAULT_MIN_TAIL,
@@ -214,18 +217,22 @@ def analyze(
     n_boot: int = 100,
     fingers: str | None = None,
     xmin_position: float = 2.0,
+    conv: str = "flatten",
+    kinds: str | Sequence[str] | None = None,
+    lora: str = "effective",
+    base: nn.Module | Mapping[str, torch.Tensor] | None = None,
 ) -> SpectralReport:
-    """Analyse every Linear/Conv2d layer of a model: ESD, power-law fit and HT-SR metrics.
+    """Analyse every layer of a model (Linear, attention, convolutions, RNNs; see README
+    "Layer kinds"): ESD, power-law fit and HT-SR metrics.
 
     Args:
         model: any ``torch.nn.Module``; or a bare state dict, when the model class is not at
-            hand: then every 2-D ``*.weight`` tensor is analysed as a Linear weight and every
-            4-D one as a Conv2d weight, named by its key without ``.weight``, and the type
-            filters ``nn.Linear``/``nn.Conv2d`` select by dimensionality.
-        layers: keep only layers whose ``named_modules()`` name matches one of these glob patterns
-            (``"encoder.*"``) or whose type is one of these types; None keeps all.
+            hand: layers are then recognised by key and shape
+            (:func:`spectral_monitor.layers.select_state_dict`), with the same names.
+        layers: keep only layers whose name matches one of these glob patterns
+            (``"encoder.*"``) or whose module is one of these types; None keeps all.
         exclude: drop layers matching any of these patterns or types.
-        conv2d: ``"flatten"`` (default) or ``"slices"`` (WeightWatcher's convention).
+        conv2d: deprecated name of ``conv``.
         normalize: divide eigenvalues by the weight's number of rows (default, the seed's
             convention); False gives WeightWatcher's σ².
         min_evals: fits on fewer positive eigenvalues (default 50) are reported but marked
@@ -243,6 +250,19 @@ def analyze(
         n_boot: resamples of ``interval="bootstrap"``.
         fingers: ``"clip"`` drops top outliers before the fit (WeightWatcher's ``clip_xmax``).
         xmin_position: ``estimator="hill_median"`` puts xmin at index ``int(N / xmin_position)``.
+        conv: every convolution ``"flatten"``ed (default) or cut in ``"slices"``
+            (WeightWatcher's convention).
+        kinds: the layer kinds to analyse (``"linear"``, ``"attention"``, ``"conv1d"``,
+            ``"conv2d"``, ``"conv3d"``, ``"rnn"``, ``"embedding"``, or ``"all"``); None: every
+            kind but embeddings.
+        lora: a peft LoRA layer is analysed under its base layer's name as its
+            ``"effective"`` weight W + scale·B·A (default), its ``"adapter"`` scale·B·A, or its
+            frozen ``"base"`` W.
+        base: a base model (module or state dict): analyse each layer's change W − W_base
+            (the fine-tuning delta), matched by layer name.
+
+    Weights with >= 2 dims and >= 4,096 elements that no layer kind covers are named in one
+    warning.
 
     Returns:
         A :class:`SpectralReport`; ``report.layers`` has one :class:`LayerSpectrum` per layer.
@@ -266,6 +286,9 @@ def analyze(
         min_evals,
         precision,
         device,
+        conv=conv,
+        kinds=kinds,
+        lora=lora,
         min_tail=min_tail,
         max_relative_width=max_relative_width,
         estimator=estimator,
@@ -275,15 +298,12 @@ def analyze(
         fingers=fingers,
         xmin_position=xmin_position,
     )
-    if isinstance(model, nn.Module):
-        with torch.no_grad():
-            snapshot = take_snapshot(model, config, copy=False)
-        what = f"{type(model).__name__} has no Linear/Conv2d layer"
-    elif isinstance(model, Mapping):
-        snapshot = snapshot_state_dict(model, config)
-        what = "the state dict has no 2-D or 4-D floating-point '*.weight' tensor"
-    else:
-        raise ValueError(f"model must be an nn.Module or a state dict, got {type(model).__name__}")
+    snapshot, what = _snapshot_of(model, config, "model")
+    if base is not None:
+        snapshot = subtract_base(snapshot, _snapshot_of(base, config, "base")[0])
+    left_out = select(model, config).left_out
+    if left_out:
+        warnings.warn(f"analyze(): {left_out_message(left_out)}", UserWarning, stacklevel=2)
     if not snapshot:
         warnings.warn(
             f"analyze(): {what} to analyse"
@@ -292,3 +312,17 @@ def analyze(
             stacklevel=2,
         )
     return analyze_snapshot(snapshot, config)
+
+
+def _snapshot_of(
+    model: Any, config: AnalysisConfig, argument: str
+) -> tuple[list[LayerSnapshot], str]:
+    """A one-off snapshot of a module or a state dict, and what to say if it is empty."""
+    if isinstance(model, nn.Module):
+        with torch.no_grad():
+            what = f"{type(model).__name__} has no layer of the selected kinds"
+            return take_snapshot(model, config, copy=False), what
+    if isinstance(model, Mapping):
+        what = "the state dict has no floating-point weight tensor of a known layer kind"
+        return snapshot_state_dict(model, config), what
+    raise ValueError(f"{argument} must be an nn.Module or a state dict, got {type(model).__name__}")

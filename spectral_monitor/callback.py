@@ -2,9 +2,9 @@ r"""
 Spectral Monitor
 ================
 
-Watches the heavy-tailed weight spectra of every Linear/Conv2d layer while a model trains: alpha
-and λmax curves per layer, ESD histograms, verdicts, and an optional stop when the network
-over-regularises (alpha under ~2, Martin & Mahoney).
+Watches the heavy-tailed weight spectra of every layer (Linear, attention, convolutions, RNNs,
+LoRA) while a model trains: alpha and λmax curves per layer, ESD histograms, verdicts, and an
+optional stop when the network over-regularises (alpha under ~2, Martin & Mahoney).
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from typing_extensions import override
 
 from spectral_monitor.distributed import torch_gather
 from spectral_monitor.history import SpectralHistory
-from spectral_monitor.layers import select_layers
 from spectral_monitor.options import bind_options, with_options
 from spectral_monitor.report import SpectralReport
+from spectral_monitor.snapshot import select
 from spectral_monitor.tensorboard_sink import TensorBoardSink
 from spectral_monitor.tracker import SpectralTracker
 
@@ -116,11 +116,10 @@ class SpectralMonitor(Callback):
             trainer.global_rank, trainer.world_size, torch_gather if distributed else None
         )
         config = self.tracker.config
-        if not select_layers(pl_module, config.layers, config.exclude):
+        if not select(pl_module, config).specs:
             self._warn_once(
                 "no-layers",
-                f"SpectralMonitor: {type(pl_module).__name__} has no Linear/Conv2d layer to "
-                "analyse"
+                f"SpectralMonitor: {type(pl_module).__name__} has no layer to analyse"
                 + (" after the layers/exclude filters" if config.layers or config.exclude else "")
                 + "; the reports will be empty.",
             )

@@ -1,6 +1,7 @@
 """The ``spectral-monitor`` command line.
 
-    spectral-monitor analyze PATH [--csv F] [--json F] [--plots DIR] [--conv2d slices] ...
+    spectral-monitor analyze PATH [--csv F] [--json F] [--plots DIR] [--conv slices]
+                             [--kinds K ...] [--lora MODE] [--base PATH] ...
     spectral-monitor history LOGDIR [--csv F] [--prefix spectral] [--plot alpha.png]
 
 ``analyze`` reads a Lightning ``.ckpt``, a ``torch.save``d state dict or module, or a
@@ -28,8 +29,14 @@ from torch import nn
 
 from spectral_monitor.analysis import analyze_snapshot
 from spectral_monitor.config import DEFAULT_MIN_EVALS, AnalysisConfig
+from spectral_monitor.layers import CONV_MODES, KINDS, LORA_MODES, left_out_message
 from spectral_monitor.report import SpectralReport
-from spectral_monitor.snapshot import snapshot_state_dict
+from spectral_monitor.snapshot import (
+    LayerSnapshot,
+    select,
+    snapshot_state_dict,
+    subtract_base,
+)
 
 __all__ = [
     "EXIT_EMPTY",
@@ -135,9 +142,8 @@ def _print_table(report: SpectralReport, out: TextIO, color: bool) -> None:
 
 
 def _analyze_with_progress(
-    state: Mapping[str, torch.Tensor], config: AnalysisConfig, progress: bool
+    snapshot: list[LayerSnapshot], config: AnalysisConfig, progress: bool
 ) -> SpectralReport:
-    snapshot = snapshot_state_dict(state, config)
     if not progress or len(snapshot) <= 8:
         return analyze_snapshot(snapshot, config)
     parts: list[SpectralReport] = []
@@ -181,21 +187,30 @@ def _cmd_analyze(args: argparse.Namespace, out: TextIO) -> int:
     config = AnalysisConfig.create(
         layers=args.layers,
         exclude=args.exclude,
-        conv2d=args.conv2d,
+        conv=args.conv,
         normalize=args.normalize,
         min_evals=args.min_evals,
         precision=args.precision,
+        kinds="all" if args.kinds and "all" in args.kinds else args.kinds,
+        lora=args.lora,
     )
     state = load_weights(args.path, trust_pickle=args.trust_pickle)
-    report = _analyze_with_progress(state, config, progress=sys.stderr.isatty())
+    snapshot = snapshot_state_dict(state, config)
+    if args.base:
+        base = load_weights(args.base, trust_pickle=args.trust_pickle)
+        snapshot = subtract_base(snapshot, snapshot_state_dict(base, config))
+    report = _analyze_with_progress(snapshot, config, progress=sys.stderr.isatty())
     if not report.layers:
         raise CLIError(
-            f"{args.path}: no analysable layer (2-D or 4-D '*.weight' tensors)"
-            + (" after --layers/--exclude" if args.layers or args.exclude else ""),
+            f"{args.path}: no analysable layer (no weight of a known layer kind)"
+            + (" after --layers/--exclude/--kinds" if args.layers or args.exclude else ""),
             EXIT_EMPTY,
         )
     color = out.isatty() and "NO_COLOR" not in os.environ and not args.no_color
     _print_table(report, out, color)
+    left_out = select(state, config).left_out
+    if left_out:
+        out.write(f"left out: {left_out_message(left_out, limit=len(left_out))}\n")
     if args.csv:
         out.write(f"wrote {report.to_csv(args.csv)}\n")
     if args.json:
@@ -336,7 +351,34 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--csv", help="write the table as CSV")
     a.add_argument("--json", help="write the table and aggregates as JSON")
     a.add_argument("--plots", metavar="DIR", help="write PNG figures (ESD per layer, alpha)")
-    a.add_argument("--conv2d", choices=["flatten", "slices"], default="flatten")
+    a.add_argument(
+        "--conv",
+        "--conv2d",
+        dest="conv",
+        choices=CONV_MODES,
+        default="flatten",
+        help="every convolution as one flattened matrix or as kernel slices (WeightWatcher); "
+        "--conv2d is the old name",
+    )
+    a.add_argument(
+        "--kinds",
+        nargs="+",
+        choices=[*KINDS, "all"],
+        metavar="KIND",
+        help=f"layer kinds to analyse, among {', '.join(KINDS)}, or all "
+        "(default: all but embedding)",
+    )
+    a.add_argument(
+        "--lora",
+        choices=LORA_MODES,
+        default="effective",
+        help="peft LoRA layers: W + scale·B·A (needs the module), the adapter, or the base W",
+    )
+    a.add_argument(
+        "--base",
+        metavar="PATH",
+        help="base model weights: analyse each layer's change W - W_base",
+    )
     norm = a.add_mutually_exclusive_group()
     norm.add_argument(
         "--normalize",

@@ -7,17 +7,22 @@ the callback and the CLI.
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from spectral_monitor.eigen import PRECISIONS, Precision
 from spectral_monitor.layers import (
-    CONV2D_MODES,
-    Conv2dMode,
+    CONV_MODES,
+    LORA_MODES,
+    ConvMode,
     LayerFilter,
     LayerFilterItem,
+    LoraMode,
     normalize_filter,
+    normalize_kinds,
 )
 from spectral_monitor.powerlaw_fit import FitOptions
 
@@ -57,10 +62,10 @@ class AnalysisConfig:
     """What to analyse and in which convention; validated on construction.
 
     Attributes:
-        layers: name globs / module types to keep (None: every Linear and Conv2d).
+        layers: name globs / module types to keep (None: every layer of ``kinds``).
         exclude: name globs / module types to drop.
-        conv2d: ``"flatten"`` (one (out, in·kh·kw) matrix) or ``"slices"`` (WeightWatcher's
-            kh·kw slices, eigenvalues pooled and halved).
+        conv: every convolution as ``"flatten"`` (one (out, in·prod(k)) matrix) or ``"slices"``
+            (WeightWatcher's prod(k) slices, eigenvalues pooled; halved for Conv2d).
         normalize: divide eigenvalues by the weight's number of rows (the seed's convention);
             False keeps σ² (WeightWatcher's).
         min_evals: fits on fewer positive eigenvalues are marked unreliable (not skipped).
@@ -70,11 +75,15 @@ class AnalysisConfig:
         precision: eigensolver precision, ``"float32"`` or ``"float64"``.
         device: where to compute; None uses each weight's own device.
         fit: estimator, fingers and confidence interval of the power-law fit.
+        kinds: the layer kinds analysed (:data:`spectral_monitor.layers.KINDS`); None: every
+            kind but ``"embedding"``.
+        lora: a peft LoRA layer as its ``"effective"`` weight W + scale·B·A, its ``"adapter"``
+            scale·B·A, or its frozen ``"base"`` W.
     """
 
     layers: tuple[LayerFilterItem, ...] | None = None
     exclude: tuple[LayerFilterItem, ...] | None = None
-    conv2d: Conv2dMode = "flatten"
+    conv: ConvMode = "flatten"
     normalize: bool = True
     min_evals: int = DEFAULT_MIN_EVALS
     min_tail: int = DEFAULT_MIN_TAIL
@@ -82,18 +91,28 @@ class AnalysisConfig:
     precision: Precision = "float32"
     device: torch.device | None = None
     fit: FitOptions = field(default_factory=FitOptions)
+    kinds: tuple[str, ...] | None = None
+    lora: LoraMode = "effective"
+
+    @property
+    def conv2d(self) -> ConvMode:
+        """The convolution mode under its old name (it applies to every convolution)."""
+        return self.conv
 
     @classmethod
     def create(
         cls,
         layers: LayerFilter = None,
         exclude: LayerFilter = None,
-        conv2d: str = "flatten",
+        conv2d: str | None = None,
         normalize: bool = True,
         min_evals: int = DEFAULT_MIN_EVALS,
         precision: str = "float32",
         device: torch.device | str | None = None,
         *,
+        conv: str = "flatten",
+        kinds: str | Sequence[str] | None = None,
+        lora: str = "effective",
         min_tail: int = DEFAULT_MIN_TAIL,
         max_relative_width: float | None = DEFAULT_MAX_RELATIVE_WIDTH,
         estimator: str = "ks",
@@ -104,13 +123,15 @@ class AnalysisConfig:
         xmin_position: float = 2.0,
     ) -> AnalysisConfig:
         """Validate user arguments and build a config (the fit's options: see
-        :func:`spectral_monitor.powerlaw_fit.fit_power_law`).
+        :func:`spectral_monitor.powerlaw_fit.fit_power_law`). ``conv2d`` is ``conv``'s
+        deprecated name (a FutureWarning; it wins over ``conv``'s default).
 
         Raises:
             ValueError: an argument has the wrong type or value; the message names it.
         """
-        if conv2d not in CONV2D_MODES:
-            raise ValueError(f"conv2d must be one of {CONV2D_MODES}, got {conv2d!r}")
+        conv = _conv_mode(conv2d, conv)
+        if lora not in LORA_MODES:
+            raise ValueError(f"lora must be one of {LORA_MODES}, got {lora!r}")
         if not isinstance(normalize, bool):
             raise ValueError(f"normalize must be a bool, got {normalize!r}")
         if isinstance(min_evals, bool) or not isinstance(min_evals, int) or min_evals < 2:
@@ -135,13 +156,15 @@ class AnalysisConfig:
         return cls(
             layers=normalize_filter(layers, "layers"),
             exclude=normalize_filter(exclude, "exclude"),
-            conv2d=conv2d,  # type: ignore[arg-type]
+            conv=conv,  # type: ignore[arg-type]
             normalize=normalize,
             min_evals=min_evals,
             min_tail=min_tail,
             max_relative_width=None if max_relative_width is None else float(max_relative_width),
             precision=precision,  # type: ignore[arg-type]
             device=device,
+            kinds=normalize_kinds(kinds),
+            lora=lora,  # type: ignore[arg-type]
             fit=FitOptions.create(
                 estimator=estimator,
                 xmin_position=xmin_position,
@@ -151,3 +174,21 @@ class AnalysisConfig:
                 n_boot=n_boot,
             ),
         )
+
+
+def _conv_mode(conv2d: str | None, conv: str) -> str:
+    """The convolution mode from ``conv`` and its deprecated name ``conv2d``."""
+    if conv not in CONV_MODES:
+        raise ValueError(f"conv must be one of {CONV_MODES}, got {conv!r}")
+    if conv2d is None:
+        return conv
+    if conv2d not in CONV_MODES:
+        raise ValueError(f"conv2d must be one of {CONV_MODES}, got {conv2d!r}")
+    if conv != "flatten" and conv2d != conv:
+        raise ValueError(f"conv2d={conv2d!r} contradicts conv={conv!r}; give conv only")
+    warnings.warn(
+        "conv2d= is deprecated: it is now conv= and applies to every convolution",
+        FutureWarning,
+        stacklevel=4,
+    )
+    return conv2d

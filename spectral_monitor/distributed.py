@@ -13,9 +13,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from spectral_monitor.analysis import AnalysisConfig
-from spectral_monitor.layers import matrix_shape, select_layers
+from spectral_monitor.config import AnalysisConfig
+from spectral_monitor.layers import matrix_shape
 from spectral_monitor.report import SpectralReport
+from spectral_monitor.snapshot import select
 
 __all__ = ["Gather", "assign_layers", "layer_cost", "merge_reports", "torch_gather"]
 
@@ -23,12 +24,12 @@ __all__ = ["Gather", "assign_layers", "layer_cost", "merge_reports", "torch_gath
 Gather = Callable[[Any], list[Any]]
 
 
-def layer_cost(weight_shape: Sequence[int], conv2d: str) -> float:
+def layer_cost(weight_shape: Sequence[int], conv: str) -> float:
     """Floating-point operations of one layer's spectrum: the Gram matrices (count·rows·cols²)
     and their eigensolves (≈ 4/3·count·cols³, a constant factor that only the ratio needs)."""
-    if len(weight_shape) not in (2, 4):
+    if not 2 <= len(weight_shape) <= 5:
         return 0.0
-    count, rows, cols = matrix_shape(weight_shape, conv2d)  # type: ignore[arg-type]
+    count, rows, cols = matrix_shape(weight_shape, conv)  # type: ignore[arg-type]
     return float(count) * (rows * cols * cols + 4.0 / 3.0 * cols**3)
 
 
@@ -36,11 +37,9 @@ def assign_layers(model: nn.Module, config: AnalysisConfig, world_size: int) -> 
     """The layer names each rank analyses: longest-processing-time first onto the least loaded
     rank (ties to the lower rank), so every rank gets about 1/world_size of the work. The same on
     every rank, since it depends only on the model's layer names and shapes."""
-    costs = []
-    for name, module in select_layers(model, config.layers, config.exclude):
-        weight = getattr(module, "weight", None)
-        shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else ()
-        costs.append((layer_cost(shape, config.conv2d), name))
+    costs = [
+        (layer_cost(spec.shape, config.conv), spec.name) for spec in select(model, config).specs
+    ]
     loads = [0.0] * world_size
     owners: list[set[str]] = [set() for _ in range(world_size)]
     for cost, name in sorted(costs, key=lambda item: -item[0]):

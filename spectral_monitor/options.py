@@ -30,7 +30,7 @@ def monitor_options(
     *,
     layers: LayerFilter = None,
     exclude: LayerFilter = None,
-    conv2d: str = "flatten",
+    conv2d: str | None = None,
     normalize: bool = True,
     min_evals: int = DEFAULT_MIN_EVALS,
     min_tail: int = DEFAULT_MIN_TAIL,
@@ -53,6 +53,9 @@ def monitor_options(
     mode: str = "auto",
     max_snapshot_bytes: int | None = None,
     prefix: str = "spectral",
+    conv: str = "flatten",
+    kinds: str | list[str] | None = None,
+    lora: str = "effective",
 ) -> dict[str, Any]:
     """The options as a dict (validation is the tracker's, at construction).
 
@@ -61,7 +64,7 @@ def monitor_options(
             plain loop, the step passed to ``tracker.step``).
         layers: keep only layers whose name matches one of these glob patterns, or of these types.
         exclude: drop layers matching these patterns or types.
-        conv2d: ``"flatten"`` (one (out, in·kh·kw) matrix) or ``"slices"`` (WeightWatcher's).
+        conv2d: deprecated name of ``conv`` (a FutureWarning).
         normalize: divide eigenvalues by the weight's number of rows (False: WeightWatcher's σ²).
         min_evals: fits on fewer positive eigenvalues (default 50) are unreliable: alpha is
             logged, but the layer gets no verdict and enters no aggregate (README "What reliable
@@ -95,7 +98,14 @@ def monitor_options(
             are copied as they are); layers beyond it are skipped with that reason. None: no
             budget. See README "Large layers and memory".
         prefix: tag prefix: ``"spectral"`` gives ``spectral/alpha/<layer>`` and
-            ``spectral_meta/...``; change it to run two monitors on one run."""
+            ``spectral_meta/...``; change it to run two monitors on one run.
+        conv: every convolution ``"flatten"``ed to one (out, in·prod(k)) matrix or cut in
+            ``"slices"`` (WeightWatcher's).
+        kinds: layer kinds to analyse (``"linear"``, ``"attention"``, ``"conv1d"``, ``"conv2d"``,
+            ``"conv3d"``, ``"rnn"``, ``"embedding"``, registered kinds, or ``"all"``); None: all
+            but embeddings. See README "Layer kinds".
+        lora: a peft LoRA layer as its ``"effective"`` weight W + scale·B·A, its ``"adapter"``
+            scale·B·A, or its frozen ``"base"`` W."""
     return dict(locals())
 
 

@@ -8,23 +8,30 @@ copy. Everything after it (:func:`spectral_monitor.analysis.analyze_snapshot`) i
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import nn
 
 from spectral_monitor.config import AnalysisConfig
-from spectral_monitor.layers import layer_kind, select_layers, select_weights
+from spectral_monitor.layers import LayerSpec, Selection, select_layers, select_state_dict
 from spectral_monitor.sharded_weights import full_parameters, full_weight, is_sharded
 
-__all__ = ["LayerSnapshot", "snapshot_dtype", "snapshot_state_dict", "take_snapshot"]
+__all__ = [
+    "LayerSnapshot",
+    "select",
+    "snapshot_dtype",
+    "snapshot_state_dict",
+    "subtract_base",
+    "take_snapshot",
+]
 
 
 @dataclass
 class LayerSnapshot:
-    """One layer's weight at one moment: a float32 (or bf16/fp16, see :func:`snapshot_dtype`)
-    tensor, or None and the reason there is none."""
+    """One layer's weight at one moment, in the (out, in, \\*kernel) layout: a float32 (or
+    bf16/fp16, see :func:`snapshot_dtype`) tensor, or None and the reason there is none."""
 
     name: str
     kind: str
@@ -44,22 +51,31 @@ def snapshot_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype if dtype in (torch.bfloat16, torch.float16) else torch.float32
 
 
+def select(source: nn.Module | Mapping[str, Any], config: AnalysisConfig) -> Selection:
+    """The layers ``config`` selects in a module or a state dict, and what no kind covers."""
+    args = (config.layers, config.exclude, config.kinds, config.lora)
+    if isinstance(source, nn.Module):
+        return select_layers(source, *args)
+    return select_state_dict(source, *args)
+
+
 def _snapshot_layer(
-    name: str, kind: str, weight: Any, config: AnalysisConfig, copy: bool
+    spec: LayerSpec, full: list[Any], config: AnalysisConfig, copy: bool
 ) -> LayerSnapshot:
-    if not isinstance(weight, torch.Tensor) or isinstance(
-        weight, nn.parameter.UninitializedParameter
-    ):
-        return LayerSnapshot(name, kind, (), None, "no initialised weight")
-    shape = tuple(weight.shape)
-    if weight.is_meta:
-        return LayerSnapshot(name, kind, shape, None, "weight on the meta device")
-    if weight.dim() not in (2, 4):
-        return LayerSnapshot(name, kind, shape, None, f"unsupported weight shape {shape}")
-    device = config.device if config.device is not None else weight.device
+    """One layer's copy from its whole source tensors (``full``)."""
+    if spec.skipped is not None:
+        return LayerSnapshot(spec.name, spec.kind, spec.shape, None, spec.skipped)
+    if any(t.is_meta for t in full):
+        return LayerSnapshot(spec.name, spec.kind, spec.shape, None, "weight on the meta device")
+    if not 2 <= len(spec.shape) <= 5:
+        reason = f"unsupported weight shape {spec.shape}"
+        return LayerSnapshot(spec.name, spec.kind, spec.shape, None, reason)
+    device = config.device if config.device is not None else full[0].device
+    with torch.no_grad():
+        weight = spec.weight(*(t.detach() for t in full))
     # detach() alone shares storage, and the next optimizer step would change the snapshot.
-    w = weight.detach().to(device=device, dtype=snapshot_dtype(weight.dtype), copy=copy)
-    return LayerSnapshot(name, kind, shape, w)
+    w = weight.to(device=device, dtype=snapshot_dtype(weight.dtype), copy=copy)
+    return LayerSnapshot(spec.name, spec.kind, spec.shape, w)
 
 
 def take_snapshot(
@@ -91,31 +107,69 @@ def take_snapshot(
     """
     snapshot = []
     held = 0
+    gathered: dict[int, torch.Tensor] = {}  # the last sharded sources, shared by q/k/v
     with full_parameters(root if root is not None else model):
-        for name, module in select_layers(model, config.layers, config.exclude):
-            weight = getattr(module, "weight", None)
-            if is_sharded(weight):
-                weight = full_weight(weight)  # on every rank, owner or not: a collective
-            if only is not None and name not in only:
+        for spec in select(model, config).specs:
+            full = []
+            for source in spec.sources:
+                if is_sharded(source):  # on every rank, owner or not: a collective
+                    if id(source) not in gathered:
+                        gathered = {id(source): full_weight(source)}
+                    source = gathered[id(source)]
+                full.append(source)
+            if only is not None and spec.name not in only:
                 continue
-            kind = layer_kind(module) or type(module).__name__
-            if max_bytes is not None and isinstance(weight, torch.Tensor) and not weight.is_meta:
-                need = weight.numel() * snapshot_dtype(weight.dtype).itemsize
+            if max_bytes is not None and spec.skipped is None and not full[0].is_meta:
+                need = _numel(spec.shape) * snapshot_dtype(full[0].dtype).itemsize
                 if held + need > max_bytes:
                     reason = f"snapshot budget max_snapshot_bytes={max_bytes} exceeded"
-                    snapshot.append(LayerSnapshot(name, kind, tuple(weight.shape), None, reason))
+                    snapshot.append(LayerSnapshot(spec.name, spec.kind, spec.shape, None, reason))
                     continue
                 held += need
-            snapshot.append(_snapshot_layer(name, kind, weight, config, copy))
+            snapshot.append(_snapshot_layer(spec, full, config, copy))
     return snapshot
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    out = 1
+    for dim in shape:
+        out *= dim
+    return out
 
 
 def snapshot_state_dict(
     state_dict: Mapping[str, Any], config: AnalysisConfig
 ) -> list[LayerSnapshot]:
     """Like :func:`take_snapshot`, for a bare state dict (see
-    :func:`spectral_monitor.layers.select_weights` for which tensors count as layers)."""
+    :func:`spectral_monitor.layers.select_state_dict` for how keys become layers)."""
     return [
-        _snapshot_layer(name, kind, tensor, config, copy=False)
-        for name, kind, tensor in select_weights(state_dict, config.layers, config.exclude)
+        _snapshot_layer(spec, list(spec.sources), config, copy=False)
+        for spec in select(state_dict, config).specs
     ]
+
+
+def subtract_base(snapshot: list[LayerSnapshot], base: list[LayerSnapshot]) -> list[LayerSnapshot]:
+    """Each layer's change from a base model, W − W_base (float32), matched by name.
+
+    A layer absent from the base, of another shape there, or skipped there is skipped with
+    that reason.
+    """
+    by_name = {snap.name: snap for snap in base}
+    out = []
+    for snap in snapshot:
+        ref = by_name.get(snap.name)
+        reason = None
+        if snap.weight is None:
+            reason = snap.skipped
+        elif ref is None:
+            reason = f"no layer {snap.name!r} in the base model"
+        elif ref.weight is None:
+            reason = f"in the base model: {ref.skipped}"
+        elif ref.shape != snap.shape:
+            reason = f"shape {snap.shape} differs from the base model's {ref.shape}"
+        if reason is not None or ref is None or ref.weight is None or snap.weight is None:
+            out.append(replace(snap, weight=None, skipped=reason))
+            continue
+        delta = snap.weight.float() - ref.weight.to(snap.weight.device, torch.float32)
+        out.append(replace(snap, weight=delta))
+    return out

@@ -40,9 +40,15 @@ class SpectralAnalysis:
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
         self.figures: list[Figure] = []
-        # The seed computed exact SVDs; float64 keeps that exactness.
+        # The seed computed exact SVDs; float64 keeps that exactness. Its selection (Linear and
+        # Conv2d modules only, no attention/RNN/GPT-2 Conv1D) keeps the seed's layer keys.
         self._config = AnalysisConfig.create(
-            conv2d="flatten", normalize=True, min_evals=2, precision="float64"
+            layers=(nn.Linear, nn.Conv2d),
+            normalize=True,
+            min_evals=2,
+            precision="float64",
+            conv="flatten",
+            kinds=("linear", "conv2d"),
         )
 
     def __repr__(self) -> str:

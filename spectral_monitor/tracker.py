@@ -25,16 +25,16 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import nn
 
 from spectral_monitor.config import FIT_AND_TRUST_OPTIONS, AnalysisConfig
-from spectral_monitor.distributed import Gather, assign_layers, merge_reports
+from spectral_monitor.distributed import Gather
 from spectral_monitor.history import SpectralHistory
-from spectral_monitor.layers import select_layers
+from spectral_monitor.layers import left_out_message
 from spectral_monitor.options import bind_options, with_options
 from spectral_monitor.report import SpectralReport
-from spectral_monitor.sharded_weights import needs_collectives
-from spectral_monitor.snapshot import take_snapshot
+from spectral_monitor.shard_plan import ShardPlan
+from spectral_monitor.snapshot import select
 from spectral_monitor.stopping import STOP_ON, ThresholdStopRule
 from spectral_monitor.tensorboard_sink import TensorBoardSink, draw_figures
-from spectral_monitor.worker import AnalysisResult, AnalysisWorker
+from spectral_monitor.worker import AnalysisWorker
 
 __all__ = ["MODES", "SpectralTracker"]
 
@@ -85,6 +85,7 @@ class SpectralTracker:
             options["histogram_every"],
             options["log_figures_every"],
         )
+        conv, kinds, lora = options["conv"], options["kinds"], options["lora"]
         _check_int("every_n_steps", every_n_steps, 1)
         _check_int("max_snapshot_bytes", max_snapshot_bytes, 1, allow_none=True)
         _check_int("stop_patience", stop_patience, 1)
@@ -117,6 +118,9 @@ class SpectralTracker:
             min_evals,
             precision,
             device,
+            conv=conv,
+            kinds=kinds,
+            lora=lora,
             **{key: options[key] for key in FIT_AND_TRUST_OPTIONS},
         )
         self.every_n_steps = every_n_steps
@@ -147,25 +151,22 @@ class SpectralTracker:
         self._warned_failure = False
         self._warned_figures = False
         self._drawn: dict[str, int | None] = {"esd": None, "heatmap": None}
-        self._rank, self._world_size = 0, 1
-        self._gather: Gather | None = None
-        self._pending_order: list[str] | None = None  # layers of a sharded analysis in flight
+        self._plan = ShardPlan()
+        self._warned_left_out = False
 
     # --- distribution ----------------------------------------------------------------------
 
     def shard(self, rank: int, world_size: int, gather: Gather | None) -> None:
         """Split every analysis across ``world_size`` ranks (None/1: no split).
 
-        Each rank analyses its share of the layers (assigned by cost, see
-        :func:`spectral_monitor.distributed.assign_layers`), and ``gather`` merges the parts into
-        the report every rank takes in. Then :meth:`submit` and ``collect(block=True)`` are
+        Each rank analyses its share of the layers (assigned by cost), and ``gather`` merges the
+        parts into the report every rank takes in; :class:`~spectral_monitor.shard_plan.ShardPlan`
+        owns these rules. Then :meth:`submit` and ``collect(block=True)`` are
         collectives: every rank must call them at the same points, and nothing is skipped for
         back-pressure (a rank waits for its previous part instead), so the ranks stay in step.
         ``collect(block=False)`` takes in nothing while sharded.
         """
-        sharded = gather is not None and world_size > 1
-        self._rank, self._world_size = (rank, world_size) if sharded else (0, 1)
-        self._gather = gather if sharded else None
+        self._plan = ShardPlan.create(rank, world_size, gather)
 
     # --- schedule -------------------------------------------------------------------------
 
@@ -195,27 +196,26 @@ class SpectralTracker:
                 (an FSDP wrapper); see :func:`~spectral_monitor.snapshot.take_snapshot`.
         """
         self._last_attempt = step
-        only = None
-        if self._gather is not None:
-            self.collect(block=True)  # the previous analysis is gathered first, on every rank
-            only = assign_layers(model, self.config, self._world_size)[self._rank]
-            self._pending_order = [
-                n for n, _ in select_layers(model, self.config.layers, self.config.exclude)
-            ]
-        elif self._worker.busy:
-            if not needs_collectives(model, root):
+        self._warn_left_out(model)
+        if self._plan.sharded or self._worker.busy:
+            if self._plan.may_skip(model, root):
                 self.num_skipped += 1
                 return False
-            # Sharded weights are gathered collectively: a rank that skipped this snapshot
-            # would leave the others waiting in the gather, so every rank waits instead.
+            # The previous analysis is taken in first (gathered, while sharded), on every rank.
             self.collect(block=True)
-        snapshot = take_snapshot(
-            model, self.config, copy=True, max_bytes=self.max_snapshot_bytes, only=only, root=root
-        )
+        snapshot = self._plan.snapshot(model, self.config, self.max_snapshot_bytes, root)
         self.last_snapshot_bytes = sum(s.nbytes for s in snapshot)
         return self._worker.submit(
             snapshot, self.config, step if report_step is None else report_step
         )
+
+    def _warn_left_out(self, model: nn.Module) -> None:
+        """Once per run: name the weights no layer kind covers."""
+        if not self._warned_left_out:
+            self._warned_left_out = True
+            left_out = select(model, self.config).left_out
+            if left_out:
+                rank_zero_warn(f"SpectralMonitor: {left_out_message(left_out)}")
 
     def maybe_submit(self, model: nn.Module, step: int) -> bool:
         """:meth:`submit` if an analysis is due at ``step``."""
@@ -227,8 +227,8 @@ class SpectralTracker:
         """Take in finished analyses (waiting for the running one if ``block``): add them to the
         history, update the stop rule, hand them to the sinks. A failed analysis becomes one
         warning with its traceback (once) and is counted in ``num_failed``."""
-        if self._gather is not None:
-            results = self._gather_results() if block else []
+        if self._plan.sharded:
+            results = self._plan.merge(self._worker.wait()) if block else []
         else:
             results = self._worker.wait() if block else self._worker.poll()
         reports = []
@@ -295,21 +295,6 @@ class SpectralTracker:
             esd = self.log_figures_every is not None and self._drawn["esd"] != latest.step
             self._ask_figures(latest, esd=esd, heatmap=self._drawn["heatmap"] != latest.step)
         self._deliver_figures(block=True)
-
-    def _gather_results(self) -> list[AnalysisResult]:
-        """This rank's part of the pending analysis, merged with every other rank's."""
-        assert self._gather is not None
-        mine = self._worker.wait()
-        if self._pending_order is None:  # nothing submitted since the last gather, on any rank
-            return []
-        order, self._pending_order = self._pending_order, None
-        part = mine[0] if mine else AnalysisResult(-1, None, "no result on this rank")
-        parts: list[AnalysisResult] = self._gather(part)
-        failed = [p for p in parts if p.report is None]
-        if failed:
-            return [failed[0]]
-        reports = [p.report for p in parts if p.report is not None]
-        return [AnalysisResult(part.step, merge_reports(reports, order))]
 
     @property
     def should_stop(self) -> bool:
@@ -388,11 +373,12 @@ class SpectralTracker:
             gather: while sharded, take in the pending analysis (a collective); False drops it,
                 for a failing run where the other ranks may never arrive.
         """
-        if gather or self._gather is None:
+        if gather or not self._plan.sharded:
             reports = self.collect(block=True)
             self.finish()
         else:
-            reports, self._pending_order = [], None
+            reports = []
+            self._plan.drop()
         self._worker.close()
         if self._writer is not None:
             self._writer.close()
@@ -409,6 +395,7 @@ class SpectralTracker:
         self.num_analyses = self.num_skipped = self.num_failed = 0
         self._last_attempt = None
         self._drawn = {"esd": None, "heatmap": None}
+        self._warned_left_out = False
         if self.stop_rule is not None:
             self.stop_rule.load_state_dict({})
 

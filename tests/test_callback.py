@@ -205,7 +205,7 @@ def test_csv_logger_and_two_loggers_at_once(tmp_path) -> None:
 def test_two_monitors_on_one_trainer_keep_separate_state(tmp_path) -> None:
     a = SpectralMonitor(every_n_steps=5, **TRUST_TINY, mode="sync")
     b = SpectralMonitor(
-        every_n_steps=5, **TRUST_TINY, conv2d="slices", prefix="spectral_ww", mode="sync"
+        every_n_steps=5, **TRUST_TINY, conv="slices", prefix="spectral_ww", mode="sync"
     )
     assert a.state_key != b.state_key
     run = trainer(max_steps=10, callbacks=[a, b], logger=TensorBoardLogger(tmp_path, name="tb"))
@@ -234,7 +234,7 @@ def test_backpressure_skips_and_counts(monkeypatch) -> None:
 def test_sharded_weights_wait_instead_of_skipping(monkeypatch) -> None:
     """With sharded weights (gathering them is a collective) a busy worker makes the rank wait:
     a rank that skipped a snapshot would leave the others hanging in the gather."""
-    import spectral_monitor.tracker as tracker_module
+    import spectral_monitor.shard_plan as shard_plan_module
 
     original = worker_module.analyze_snapshot
 
@@ -243,7 +243,7 @@ def test_sharded_weights_wait_instead_of_skipping(monkeypatch) -> None:
         return original(*args, **kwargs)
 
     monkeypatch.setattr(worker_module, "analyze_snapshot", slow)
-    monkeypatch.setattr(tracker_module, "needs_collectives", lambda model, root=None: True)
+    monkeypatch.setattr(shard_plan_module, "needs_collectives", lambda model, root=None: True)
     monitor = SpectralMonitor(every_n_steps=1, **TRUST_TINY)
     trainer(max_steps=6, callbacks=[monitor]).fit(ConvNet(), image_loader())
     assert monitor.tracker.num_skipped == 0

@@ -66,10 +66,10 @@ def test_analyze_safetensors_state_dict_and_module(tmp_path) -> None:
     save_file(model.state_dict(), tmp_path / "w.safetensors")
     torch.save(model.state_dict(), tmp_path / "sd.pt")
     torch.save(model, tmp_path / "module.pt")
-    expected = analyze(model, conv2d="slices", normalize=False)
+    expected = analyze(model, conv="slices", normalize=False)
     for name in ("w.safetensors", "sd.pt"):
         code, _ = run_cli(
-            "analyze", str(tmp_path / name), "--conv2d", "slices", "--no-normalize",
+            "analyze", str(tmp_path / name), "--conv", "slices", "--no-normalize",
             "--json", str(tmp_path / f"{name}.json"),
         )  # fmt: skip
         assert code == 0
