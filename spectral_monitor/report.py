@@ -251,19 +251,19 @@ class SpectralReport:
 
     def format_table(self, width: int = 100) -> str:
         """An aligned text table of the layers and the aggregates, at most ``width`` columns."""
-        header = f"{'layer':<28} {'kind':<6} {'shape':>15} {'alpha':>7} {'interval':>15}"
-        header += f" {'lambda_max':>11} {'n_tail':>6} {'D':>6}  verdict"
-        lines = [header, "-" * min(width, len(header) + 14)]
+        header = f"{'layer':<22} {'kind':<7} {'shape':>11} {'alpha':>6} {'interval':>13}"
+        header += f" {'lambda_max':>9} {'tail':>5} {'D':>5}  verdict"
+        lines = [header, "-" * min(width, len(header) + 13)]
         for la in self.layers:
-            name = la.name if len(la.name) <= 28 else "…" + la.name[-27:]
+            name = la.name if len(la.name) <= 22 else "…" + la.name[-21:]
             shape = "x".join(str(s) for s in la.shape)
             if la.skipped is not None:
-                lines.append(f"{name:<28} {la.kind:<6} {shape:>15}  skipped: {la.skipped}")
+                lines.append(f"{name:<22} {la.kind:<7} {shape:>11}  skipped: {la.skipped}")
                 continue
             interval = f"[{la.alpha_lo:.2f}, {la.alpha_hi:.2f}]"
             lines.append(
-                f"{name:<28} {la.kind:<6} {shape:>15} {la.alpha:>7.3f} {interval:>15}"
-                f" {la.lambda_max:>11.4g} {la.n_tail:>6d} {la.D:>6.3f}  {la.verdict}"
+                f"{name:<22} {la.kind:<7} {shape:>11} {la.alpha:>6.3g} {interval:>13}"
+                f" {la.lambda_max:>9.3g} {la.n_tail:>5d} {la.D:>5.3f}  {la.verdict}"
             )
         agg = self.aggregates
         lines.append(
