@@ -76,15 +76,20 @@ class SpectralHistory:
     def alpha_matrix(self) -> tuple[list[str], list[int], np.ndarray]:
         """alpha of every layer at every analysis: (layers in model order, steps,
         (num_layers, num_steps) float64 array, NaN where a layer has no alpha at a step)."""
+        return self.layer_matrix("alpha")
+
+    def layer_matrix(self, key: str) -> tuple[list[str], list[int], np.ndarray]:
+        """One per-layer series (``LAYER_KEYS``: ``"alpha"``, ``"reliable"`` (1.0/0.0), …) of
+        every layer at every analysis, as :meth:`alpha_matrix`; NaN where it is missing."""
         steps = self.steps
         column = {step: j for j, step in enumerate(steps)}
         names = list(self.layers)
         matrix = np.full((len(names), len(steps)), np.nan)
         for i, name in enumerate(names):
             track = self.layers[name]
-            for step, alpha in zip(track["step"], track["alpha"], strict=True):
+            for step, value in zip(track["step"], track.get(key, []), strict=False):
                 if int(step) in column:
-                    matrix[i, column[int(step)]] = alpha
+                    matrix[i, column[int(step)]] = value
         return names, steps, matrix
 
     def to_rows(self) -> list[dict[str, Any]]:

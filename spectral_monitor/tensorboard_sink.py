@@ -122,24 +122,31 @@ def _fmt(value: float, spec: str) -> str:
 
 
 def verdict_table(report: SpectralReport) -> str:
-    """A Markdown table of the layers (TensorBoard's text plugin renders Markdown): alpha, the
-    number of eigenvalues in the fitted tail, the KS distance D, λmax and the verdict."""
+    """A Markdown table of the layers (TensorBoard's text plugin renders Markdown): alpha with
+    its interval, whether the fit is reliable (else why not), the number of eigenvalues in the
+    fitted tail, the KS distance D, λmax and the verdict."""
     lines = [
-        "| layer | shape | alpha | n_tail | D | λmax | verdict |",
-        "|---|---|---|---|---|---|---|",
+        "| layer | shape | alpha | interval | reliable | n_tail | D | λmax | verdict |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for la in report.layers:
         shape = "x".join(str(s) for s in la.shape)
         if la.skipped is not None:
-            lines.append(f"| {la.name} | {shape} | – | – | – | – | skipped: {la.skipped} |")
+            lines.append(
+                f"| {la.name} | {shape} | – | – | no | – | – | {_fmt(la.lambda_max, '.4g')} "
+                f"| skipped: {la.skipped} |"
+            )
             continue
+        interval = f"[{_fmt(la.alpha_lo, '.2f')}, {_fmt(la.alpha_hi, '.2f')}]"
+        trust = "yes" if la.reliable else f"no: {la.unreliable_reason}"
         lines.append(
-            f"| {la.name} | {shape} | {_fmt(la.alpha, '.3f')} | {la.n_tail} | "
-            f"{_fmt(la.D, '.3f')} | {_fmt(la.lambda_max, '.4g')} | {la.verdict} |"
+            f"| {la.name} | {shape} | {_fmt(la.alpha, '.3f')} | {interval} | {trust} | "
+            f"{la.n_tail} | {_fmt(la.D, '.3f')} | {_fmt(la.lambda_max, '.4g')} | {la.verdict} |"
         )
     agg = report.aggregates
     lines.append("")
     lines.append(
+        f"Over the {agg['num_reliable']} reliable layers: "
         f"alpha_mean = {_fmt(agg['alpha_mean'], '.3f')}, "
         f"alpha_hat = {_fmt(agg['alpha_hat'], '.3f')}, "
         f"fraction of layers with alpha < 2 = {_fmt(agg['frac_alpha_below_2'], '.2f')}"
@@ -171,8 +178,9 @@ def draw_figures(
         layers, steps, alpha = history.alpha_matrix()
         if layers:
             title = f"alpha by layer, steps {steps[0]}..{steps[-1]}"
+            unreliable = history.layer_matrix("reliable")[2] == 0.0  # NaN (unknown) is not
             images["alpha_heatmap"] = figure_to_array(
-                plot_alpha_heatmap(layers, steps, alpha, title=title)
+                plot_alpha_heatmap(layers, steps, alpha, unreliable, title=title)
             )
     return images
 

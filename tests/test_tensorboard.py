@@ -26,10 +26,15 @@ from tensorboard.plugins.custom_scalar import layout_pb2
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from spectral_monitor import SpectralMonitor, SpectralTracker
+from spectral_monitor import SpectralMonitor, SpectralTracker, analyze
 from spectral_monitor.cli import main as cli_main
 from spectral_monitor.module_types import alpha_by_type, module_type
-from spectral_monitor.tensorboard_sink import LayoutEntry, custom_scalar_layout, verdict_table
+from spectral_monitor.tensorboard_sink import (
+    LayoutEntry,
+    custom_scalar_layout,
+    draw_figures,
+    verdict_table,
+)
 
 BLOCK_LAYERS = ("attn.q_proj", "attn.k_proj", "mlp.fc1")
 
@@ -195,10 +200,34 @@ def test_verdict_table_columns(two_monitor_run) -> None:
     _, first, _ = two_monitor_run
     table = verdict_table(first.latest)
     header = table.splitlines()[0]
-    for column in ("alpha", "n_tail", "D", "λmax", "verdict"):
+    for column in ("alpha", "interval", "reliable", "n_tail", "D", "λmax", "verdict"):
         assert f" {column} " in header
+    head = first.latest.layer("head")
     row = next(line for line in table.splitlines() if line.startswith("| head |"))
-    assert f"| {first.latest.layer('head').n_tail} |" in row
+    assert f"| {head.n_tail} |" in row
+    assert f"[{head.alpha_lo:.2f}, {head.alpha_hi:.2f}]" in row
+    # With the default thresholds a tiny layer's fit is not trusted, and the table says why.
+    strict = verdict_table(analyze(nn.Linear(16, 16)))
+    assert "| no: 16 positive eigenvalues < min_evals=50 |" in strict
+    assert "Over the 0 reliable layers" in strict
+
+
+def test_heatmap_hatches_unreliable_fits() -> None:
+    from spectral_monitor.history import SpectralHistory
+
+    history = SpectralHistory()
+    model = nn.Sequential(nn.Linear(16, 16), nn.Linear(300, 200))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        model[1].weight.copy_(torch.distributions.StudentT(2.5).sample((200, 300)) / 20)
+    for step in (0, 1):
+        report = analyze(model)
+        report.step = step
+        history.add(report)
+    _, _, reliable = history.layer_matrix("reliable")
+    assert reliable.tolist() == [[0.0, 0.0], [1.0, 1.0]]
+    images = draw_figures(None, history)
+    assert images["alpha_heatmap"].ndim == 3
 
 
 def test_plain_loop_uses_the_same_sink(tmp_path) -> None:
