@@ -50,11 +50,13 @@ _LAYOUTS_LOCK = threading.Lock()
 
 @dataclass(frozen=True)
 class LayoutEntry:
-    """What one prefix's charts need: the stop threshold (None: no stop rule) and whether
-    ``<prefix>/alpha_by_type/`` curves exist (an empty chart would only puzzle)."""
+    """What one prefix's charts need: the stop threshold (None: no stop rule), whether
+    ``<prefix>/alpha_by_type/`` curves exist (an empty chart would only puzzle), and the layer
+    names (one interval chart each)."""
 
     stop_threshold: float | None = None
     by_type: bool = False
+    layers: tuple[str, ...] = ()
 
 
 def custom_scalar_layout(
@@ -93,6 +95,16 @@ def custom_scalar_layout(
         }
         if entry.by_type:
             layout[prefix]["alpha by module type"] = ["Multiline", [rf"^{p}/alpha_by_type/"]]
+        if entry.layers:
+            # One margin chart per layer: alpha inside its confidence interval. Margin charts
+            # take exact tags, not regexes, so they are listed by layer, in their own category.
+            layout[f"{prefix} — alpha with its interval"] = {
+                f"alpha — {name}": [
+                    "Margin",
+                    [f"{prefix}/{key}/{name}" for key in ("alpha", "alpha_lo", "alpha_hi")],
+                ]
+                for name in entry.layers
+            }
     return layout
 
 
@@ -225,7 +237,7 @@ class TensorBoardSink:
             # fits are reliable, but its chart belongs in the layout from the start.
             names = [la.name for la in report.layers]
             by_type = bool(alpha_by_type(names, [0.0] * len(names)))
-            self._layout = LayoutEntry(self.stop_threshold, by_type)
+            self._layout = LayoutEntry(self.stop_threshold, by_type, tuple(names))
             register_layout(self.writer, self.prefix, self._layout)
         if self.scalars:
             for tag, value in scalars.items():

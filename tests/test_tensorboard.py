@@ -171,7 +171,10 @@ def test_event_files_hold_tags_layout_and_pictures(two_monitor_run) -> None:
 
     # One merged layout with both prefixes, every regex matching a logged tag.
     layout = _layout(events)
-    assert [c.title for c in layout.category] == ["spectral", "raw"]
+    titles = [c.title for c in layout.category]
+    assert titles == [
+        p + t for p in ("spectral", "raw") for t in ("", " — alpha with its interval")
+    ]
     for category in layout.category:
         for chart in category.chart:
             if chart.HasField("margin"):
@@ -180,6 +183,9 @@ def test_event_files_hold_tags_layout_and_pictures(two_monitor_run) -> None:
                 continue
             for regex in chart.multiline.tag:
                 assert any(re.match(regex, tag) for tag in scalars), (chart.title, regex)
+        if " — " in category.title:  # one margin chart per layer: alpha, alpha_lo, alpha_hi
+            assert [c.title for c in category.chart] == [f"alpha — {la}" for la in LAYERS]
+            continue
         hat = next(c for c in category.chart if c.title == "alpha_hat")
         assert [t for t in scalars if re.match(hat.multiline.tag[0], t)] == [
             f"{category.title}/alpha_hat"
@@ -246,7 +252,7 @@ def test_plain_loop_uses_the_same_sink(tmp_path) -> None:
     tracker.close()
     tracker_b.close()
     events = read_events(tmp_path)
-    assert [c.title for c in _layout(events).category] == ["spectral", "b"]
+    assert [c.title for c in _layout(events).category if " — " not in c.title] == ["spectral", "b"]
     assert "spectral_meta/analyses_skipped" in events.Tags()["scalars"]
     assert [e.step for e in events.Images("spectral/alpha_heatmap")] == [1, 5, 10]
 
@@ -359,7 +365,9 @@ def test_real_tensorboard_server_shows_the_run(two_monitor_run) -> None:
 
         # The layout as the Custom Scalars tab gets it: both prefixes, every regex matching.
         layout = server.json("plugin/custom_scalars/layout")
-        assert [c["title"] for c in layout["category"]] == ["spectral", "raw"]
+        titles = [c["title"] for c in layout["category"]]
+        suffixes = ("", " — alpha with its interval")
+        assert titles == [p + t for p in ("spectral", "raw") for t in suffixes]
         for category in layout["category"]:
             for chart in category["chart"]:
                 if "margin" in chart:
