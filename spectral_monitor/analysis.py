@@ -278,26 +278,7 @@ def analyze(
         >>> [layer.name for layer in report.layers]
         ['0']
     """
-    config = AnalysisConfig.create(
-        layers,
-        exclude,
-        conv2d,
-        normalize,
-        min_evals,
-        precision,
-        device,
-        conv=conv,
-        kinds=kinds,
-        lora=lora,
-        min_tail=min_tail,
-        max_relative_width=max_relative_width,
-        estimator=estimator,
-        interval=interval,
-        confidence=confidence,
-        n_boot=n_boot,
-        fingers=fingers,
-        xmin_position=xmin_position,
-    )
+    config = AnalysisConfig.from_options(locals())
     snapshot, what = _snapshot_of(model, config, "model")
     if base is not None:
         snapshot = subtract_base(snapshot, _snapshot_of(base, config, "base")[0])

@@ -7,9 +7,11 @@ the callback and the CLI.
 
 from __future__ import annotations
 
+import inspect
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -30,7 +32,6 @@ __all__ = [
     "DEFAULT_MAX_RELATIVE_WIDTH",
     "DEFAULT_MIN_EVALS",
     "DEFAULT_MIN_TAIL",
-    "FIT_AND_TRUST_OPTIONS",
     "AnalysisConfig",
 ]
 
@@ -42,19 +43,6 @@ DEFAULT_MIN_EVALS = 50
 DEFAULT_MIN_TAIL = 30
 #: Fits whose interval is wider than this times (alpha - 1) are unreliable.
 DEFAULT_MAX_RELATIVE_WIDTH = 1.0
-
-#: Keyword-only options of :meth:`AnalysisConfig.create` about the fit and its trust, which
-#: every entry point (analyze, tracker, callback) passes through by name.
-FIT_AND_TRUST_OPTIONS = (
-    "min_tail",
-    "max_relative_width",
-    "estimator",
-    "interval",
-    "confidence",
-    "n_boot",
-    "fingers",
-    "xmin_position",
-)
 
 
 @dataclass(frozen=True)
@@ -174,6 +162,14 @@ class AnalysisConfig:
                 n_boot=n_boot,
             ),
         )
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> AnalysisConfig:
+        """:meth:`create` from the entries of ``options`` that name its arguments (the others
+        are ignored): one place maps an entry point's arguments (``analyze``, the tracker's
+        options) onto the config."""
+        names = inspect.signature(cls.create).parameters
+        return cls.create(**{key: value for key, value in options.items() if key in names})
 
 
 def _conv_mode(conv2d: str | None, conv: str) -> str:

@@ -24,7 +24,7 @@ import numpy as np
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import nn
 
-from spectral_monitor.config import FIT_AND_TRUST_OPTIONS, AnalysisConfig
+from spectral_monitor.config import AnalysisConfig
 from spectral_monitor.distributed import Gather
 from spectral_monitor.history import SpectralHistory
 from spectral_monitor.layers import left_out_message
@@ -72,11 +72,7 @@ class SpectralTracker:
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # The signature is OPTIONS + log_dir (see spectral_monitor.options), set by with_options.
         options = bind_options(SpectralTracker, args, kwargs)
-        every_n_steps, layers, exclude = (
-            options[k] for k in ("every_n_steps", "layers", "exclude")
-        )
-        conv2d, normalize, min_evals = options["conv2d"], options["normalize"], options["min_evals"]
-        precision, device, mode = options["precision"], options["device"], options["mode"]
+        every_n_steps, mode = options["every_n_steps"], options["mode"]
         max_snapshot_bytes, prefix = options["max_snapshot_bytes"], options["prefix"]
         stop_below, stop_on = options["stop_below"], options["stop_on"]
         stop_patience, start_step = options["stop_patience"], options["start_step"]
@@ -85,7 +81,6 @@ class SpectralTracker:
             options["histogram_every"],
             options["log_figures_every"],
         )
-        conv, kinds, lora = options["conv"], options["kinds"], options["lora"]
         _check_int("every_n_steps", every_n_steps, 1)
         _check_int("max_snapshot_bytes", max_snapshot_bytes, 1, allow_none=True)
         _check_int("stop_patience", stop_patience, 1)
@@ -110,19 +105,7 @@ class SpectralTracker:
             )
         if log_dir is not None and not isinstance(log_dir, str):
             raise ValueError(f"log_dir must be a path string or None, got {log_dir!r}")
-        self.config = AnalysisConfig.create(
-            layers,
-            exclude,
-            conv2d,
-            normalize,
-            min_evals,
-            precision,
-            device,
-            conv=conv,
-            kinds=kinds,
-            lora=lora,
-            **{key: options[key] for key in FIT_AND_TRUST_OPTIONS},
-        )
+        self.config = AnalysisConfig.from_options(options)
         self.every_n_steps = every_n_steps
         self.mode = "thread" if mode == "auto" else mode
         self.max_snapshot_bytes = max_snapshot_bytes
