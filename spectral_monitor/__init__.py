@@ -1,8 +1,11 @@
 """spectral_monitor: heavy-tailed spectral analysis (HT-SR alpha, λmax, ESDs) of neural-network
 weights, offline with :func:`analyze` and during Lightning training with ``SpectralMonitor``."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from spectral_monitor.analysis import AnalysisConfig, analyze
-from spectral_monitor.callback import SpectralMonitor
 from spectral_monitor.history import SpectralHistory
 from spectral_monitor.layers import register_layer
 from spectral_monitor.powerlaw_fit import (
@@ -12,8 +15,11 @@ from spectral_monitor.powerlaw_fit import (
     fit_power_law_batched,
 )
 from spectral_monitor.report import LayerSpectrum, SpectralReport
-from spectral_monitor.spectral_analysis import SpectralAnalysis
-from spectral_monitor.tracker import SpectralTracker
+
+if TYPE_CHECKING:
+    from spectral_monitor.callback import SpectralMonitor
+    from spectral_monitor.spectral_analysis import SpectralAnalysis
+    from spectral_monitor.tracker import SpectralTracker
 
 __version__ = "0.1.0"
 
@@ -33,3 +39,22 @@ __all__ = [
     "fit_power_law_batched",
     "register_layer",
 ]
+
+# Lightning takes seconds to import, matplotlib most of one; only the training-time classes and
+# the seed's plotting class need them, so these load on first use and `spectral-monitor --help`
+# or `analyze()` do not pay for them.
+_LAZY = {
+    "SpectralAnalysis": "spectral_monitor.spectral_analysis",
+    "SpectralMonitor": "spectral_monitor.callback",
+    "SpectralTracker": "spectral_monitor.tracker",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'spectral_monitor' has no attribute {name!r}")

@@ -5,6 +5,12 @@ Spectral Monitor
 Watches the heavy-tailed weight spectra of every layer (Linear, attention, convolutions, RNNs,
 LoRA) while a model trains: alpha and λmax curves per layer, ESD histograms, verdicts, and an
 optional stop when the network over-regularises (alpha under ~2, Martin & Mahoney).
+
+One step axis: the step ``self.log`` stamps metrics with (batches that stepped the optimizer,
+Lightning's logging step). It equals ``trainer.global_step`` with one optimizer; with manual
+optimisation over several optimizers ``global_step`` counts every ``optimizer.step()`` and this
+axis counts batches. ``every_n_steps``, the history, ``start_step``, ``stopped_step`` and the
+messages all use it.
 """
 
 from __future__ import annotations
@@ -32,8 +38,8 @@ __all__ = ["SpectralMonitor"]
 
 @with_options()
 class SpectralMonitor(Callback):
-    r"""Analyse the weight spectra of a model at the start of training and every
-    ``every_n_steps`` optimizer steps, off the training thread, and log the results.
+    r"""Analyse the weight spectra of a model at the start of training, every ``every_n_steps``
+    steps and at the end of training, off the training thread, and log the results.
 
     Logged with the step of the snapshot (the step axis of ``self.log``) to every logger: model
     curves under ``spectral/`` (``alpha/<layer>``, ``lambda_max/<layer>``, ``alpha_mean``,
@@ -44,6 +50,13 @@ class SpectralMonitor(Callback):
     figures with the fit (figures are drawn on the worker thread), and a table of verdicts. The
     scalars go into ``trainer.callback_metrics`` on every rank, so
     ``EarlyStopping(monitor="spectral/alpha_mean", mode="max", ...)`` works.
+
+    Steps are Lightning's logging steps (batches that stepped the optimizer), the step axis of
+    the loss curves. The final weights are analysed at the end of ``fit`` when the last scheduled
+    analysis was earlier. A run resumed from any checkpoint (also one saved mid-epoch, off the
+    analysis grid, or by a process that was killed) continues its history with every analysed step
+    once, in ``history`` and in TensorBoard (events a killed run wrote after its checkpoint are
+    purged). The monitor pickles, so ``strategy="ddp_spawn"`` works.
 
     {options}
 
@@ -66,16 +79,24 @@ class SpectralMonitor(Callback):
         self._trainer: Trainer | None = None
         self._tensorboard: dict[str, TensorBoardSink] = {}  # per TensorBoard logger's log_dir
         self._warned: set[str] = set()
+        self._begun = False  # the first step of this fit() was seen
+        self._step = 0  # logging step of the latest weights seen
         self.stopped_step: int | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The Trainer stays in this process (``ddp_spawn`` pickles the callbacks into new ones).
+        state = self.__dict__.copy()
+        state["_trainer"] = None
+        state["_tensorboard"] = {}  # writers of this process's loggers
+        return state
 
     # --- public state ------------------------------------------------------------------------
 
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(
-            every_n_steps=self.tracker.every_n_steps, prefix=self.tracker.prefix
-        )
+        # Not every_n_steps: a run resumed with another interval keeps its history.
+        return self._generate_state_key(prefix=self.tracker.prefix)
 
     @property
     def history(self) -> SpectralHistory:
@@ -123,17 +144,35 @@ class SpectralMonitor(Callback):
                 + (" after the layers/exclude filters" if config.layers or config.exclude else "")
                 + "; the reports will be empty.",
             )
-        step = _logging_step(trainer, after_batch=False)
-        steps = self.history.steps
-        if steps and step < steps[-1]:
-            # Steps went back without a checkpoint that says so: a new run, e.g. a second fit()
-            # with a fresh Trainer. Its curves start afresh instead of interleaving with the last.
-            rank_zero_info("SpectralMonitor: training restarted at an earlier step; new history.")
-            self.tracker.reset()
+        self._begun = False
+
+    @override
+    def on_train_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if not self._begun:
+            self._begin(trainer, pl_module)
+
+    def _begin(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """The first step of a fit: start or continue the history, analyse the weights it
+        starts from if they are due.
+
+        Read here, not in ``on_train_start``: Lightning corrects the restored logging step of a
+        checkpoint saved mid-batch only when the epoch loop starts, before the first batch.
+        """
+        self._begun = True
+        step = self._step = _logging_step(trainer, after_batch=False)
+        if self.tracker.restored and trainer.is_global_zero:
+            # A killed run may have logged analyses after its checkpoint; hide them (and the
+            # loss it logged there) as TensorBoard's purge_step does, keeping the restored step's
+            # own analysis when the checkpoint holds it.
+            purge_from = step + 1 if step in self.history else step
+            for logger in _tensorboard_loggers(trainer):
+                self._guard("logger", lambda lg=logger: _purge_events_from(lg, purge_from))
         # The analysis at the start gives EarlyStopping a metric before its first check; a run
-        # resumed at an analysed step does not repeat it.
-        if step not in self.history:
-            self.tracker.submit(pl_module, trainer.global_step, step, _wrapper(trainer))
+        # resumed at an analysed or off-grid step does not add one.
+        if self.tracker.start(step):
+            self.tracker.submit(pl_module, step, root=_wrapper(trainer))
         self._collect(trainer, block=False)  # a sync analysis is already done
 
     @override
@@ -146,11 +185,11 @@ class SpectralMonitor(Callback):
         batch_idx: int,
     ) -> None:
         self._collect(trainer, block=False)
-        step = trainer.global_step
-        scheduled = self.tracker.due(step)
-        if scheduled and self.tracker.submit(
-            pl_module, step, _logging_step(trainer, after_batch=True), _wrapper(trainer)
-        ):
+        step = _logging_step(trainer, after_batch=True)
+        # A batch that only accumulated gradients did not change the weights.
+        scheduled = step > self._step and self.tracker.due(step)
+        self._step = step
+        if scheduled and self.tracker.submit(pl_module, step, root=_wrapper(trainer)):
             self._collect(trainer, block=False)  # a sync analysis is already done
         if _is_last_batch(trainer):
             # Drain before any EarlyStopping reads at epoch end, whatever the callback order.
@@ -170,7 +209,14 @@ class SpectralMonitor(Callback):
 
     @override
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._collect(trainer, block=True)
+        self._trainer = trainer
+        if not self._begun:  # no batch ran (e.g. resumed at max_steps)
+            self._begin(trainer, pl_module)
+        # The final weights, when the last scheduled analysis was earlier (max_steps off the grid,
+        # an early stop at epoch end); every rank gets here at the same step.
+        self.tracker.analyse_final(
+            pl_module, _logging_step(trainer, after_batch=False), _wrapper(trainer)
+        )
         self._guard("figures", self.tracker.finish)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
@@ -200,6 +246,21 @@ class SpectralMonitor(Callback):
         return self.tracker.state_dict()
 
     @override
+    def on_load_checkpoint(
+        self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # Checkpoints written before the state key dropped every_n_steps name it; read them too.
+        states = checkpoint.get("callbacks")
+        if not isinstance(states, dict) or self.state_key in states:
+            return
+        head = f"{type(self).__qualname__}{{'every_n_steps': "
+        tail = f", 'prefix': {self.tracker.prefix!r}}}"
+        for key in list(states):
+            if isinstance(key, str) and key.startswith(head) and key.endswith(tail):
+                states[self.state_key] = states[key]
+                return
+
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.tracker.load_state_dict(state_dict)
 
@@ -220,15 +281,12 @@ class SpectralMonitor(Callback):
         decision = trainer.strategy.reduce_boolean_decision(local, all=False)
         if decision and not trainer.should_stop:
             trainer.should_stop = True
-            self.stopped_step = trainer.global_step
+            step = self.stopped_step = self._step
             reason = self.tracker.stop_reason or "the stop rule fired on another rank"
-            rank_zero_info(f"SpectralMonitor: stopping at step {trainer.global_step}: {reason}")
+            rank_zero_info(f"SpectralMonitor: stopping at step {step}: {reason}")
             if trainer.is_global_zero:
                 for sink in self._tensorboard_sinks(trainer):
-                    self._guard(
-                        "logger",
-                        lambda s=sink: s.write_text("stop_reason", reason, trainer.global_step),
-                    )
+                    self._guard("logger", lambda s=sink: s.write_text("stop_reason", reason, step))
 
     def _log_report(self, report: SpectralReport, step: int) -> None:
         trainer = self._trainer
@@ -249,6 +307,9 @@ class SpectralMonitor(Callback):
                     report, step, scalars, extras["histograms"], extras["text"]
                 ),
             )
+            # On disk now: a checkpoint that holds this analysis must not outlive its events (a
+            # killed process loses what its writer had not flushed).
+            self._guard("logger", sink.flush)
 
     def _log_images(self, step: int, images: dict[str, Any]) -> None:
         if self._trainer is None:
@@ -291,6 +352,17 @@ class SpectralMonitor(Callback):
 
 def _tensorboard_loggers(trainer: Trainer) -> list[TensorBoardLogger]:
     return [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+
+
+def _purge_events_from(logger: TensorBoardLogger, step: int) -> None:
+    """Hide, in TensorBoard, every event of ``logger``'s run at ``step`` or later that earlier
+    event files hold: what ``SummaryWriter(purge_step=step)`` writes (a restart marker), for a
+    writer Lightning has already opened."""
+    from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+
+    writer = logger.experiment._get_file_writer()
+    writer.add_event(Event(step=step, session_log=SessionLog(status=SessionLog.START)))
+    writer.flush()
 
 
 def _wrapper(trainer: Trainer) -> nn.Module | None:

@@ -5,11 +5,14 @@
     spectral-monitor history LOGDIR [--csv F] [--prefix spectral] [--plot alpha.png]
 
 ``analyze`` reads a Lightning ``.ckpt``, a ``torch.save``d state dict or module, or a
-``.safetensors`` file and builds the per-layer table from the weights alone. ``history`` reads
-the TensorBoard events a run wrote and prints the alpha trajectories per layer.
+safetensors file (recognised by content, whatever its name) and builds the per-layer table from
+the weights alone. ``history`` reads the TensorBoard events a run wrote and prints the alpha
+trajectories per layer, each step once (a run resumed into the same directory included).
 
 Exit codes: 0 success; 2 bad command line; 3 file or directory not found; 4 the file cannot be
-read as weights (or the directory holds no spectral events); 5 no analysable layer in the file.
+read as weights (or the directory holds no spectral events); 5 no analysable layer in the file;
+6 an output file or directory cannot be written; 130 interrupted. Every error is one line on
+stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -41,15 +44,21 @@ from spectral_monitor.snapshot import (
 __all__ = [
     "EXIT_EMPTY",
     "EXIT_MISSING",
+    "EXIT_OUTPUT",
     "EXIT_UNREADABLE",
+    "EXIT_USAGE",
+    "detect_format",
     "load_weights",
     "main",
     "read_history",
 ]
 
+EXIT_USAGE = 2
 EXIT_MISSING = 3
 EXIT_UNREADABLE = 4
 EXIT_EMPTY = 5
+EXIT_OUTPUT = 6
+EXIT_INTERRUPTED = 130
 
 _COLORS = {"over-trained": "31", "under-trained": "33", "well-trained": "32"}
 
@@ -79,8 +88,85 @@ def _tensors_of(obj: Any) -> Mapping[str, torch.Tensor] | None:
     return None
 
 
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+
+
+def detect_format(path: Path) -> str:
+    """``"torch"`` (``torch.save``'s zip archive or legacy pickle) or ``"safetensors"``, from the
+    file's first bytes, whatever its name.
+
+    Raises:
+        CLIError: the file cannot be opened, is empty, or is neither (exit 4).
+    """
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as handle:
+            head = handle.read(16)
+    except OSError as error:
+        raise CLIError(f"cannot read {path}: {error.strerror or error}", EXIT_UNREADABLE) from error
+    if not head:
+        raise CLIError(f"cannot read {path}: the file is empty", EXIT_UNREADABLE)
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":  # a zip archive; a pickle
+        return "torch"
+    # safetensors: an 8-byte little-endian header length, then the JSON header.
+    header = int.from_bytes(head[:8], "little")
+    if len(head) > 8 and head[8:9] == b"{" and 0 < header <= size - 8:
+        return "safetensors"
+    raise CLIError(
+        f"cannot read {path}: not a torch checkpoint, state dict or safetensors file "
+        f"(it starts with {head[:8]!r})",
+        EXIT_UNREADABLE,
+    )
+
+
+def _load_safetensors(path: Path) -> Mapping[str, torch.Tensor]:
+    try:
+        from safetensors.torch import load_file
+    except ImportError as error:
+        raise CLIError(
+            "reading safetensors files needs: pip install safetensors", EXIT_UNREADABLE
+        ) from error
+    try:
+        return load_file(str(path))
+    except Exception as error:
+        raise CLIError(
+            f"cannot read {path} as safetensors ({_first_line(error)})", EXIT_UNREADABLE
+        ) from error
+
+
+def _load_torch(path: Path, trust_pickle: bool) -> Any:
+    import pickle
+
+    try:
+        # A file object, not the name: this torch reads a '.safetensors' name as safetensors.
+        with path.open("rb") as handle:
+            return torch.load(handle, map_location="cpu", weights_only=not trust_pickle)
+    except pickle.UnpicklingError as error:
+        # Only the safe unpickler's refusal is helped by --trust-pickle.
+        refused = not trust_pickle and "weights only" in str(error).lower()
+        hint = (
+            " It holds objects other than tensors and plain containers (a whole model, custom "
+            "classes); if you trust the file, add --trust-pickle."
+            if refused
+            else ""
+        )
+        raise CLIError(
+            f"cannot read {path} as a torch checkpoint"
+            + ("." if refused else f" ({_first_line(error)}).")
+            + hint,
+            EXIT_UNREADABLE,
+        ) from error
+    except Exception as error:
+        raise CLIError(
+            f"cannot read {path} as a torch checkpoint ({_first_line(error)})", EXIT_UNREADABLE
+        ) from error
+
+
 def load_weights(path: str | Path, trust_pickle: bool = False) -> Mapping[str, torch.Tensor]:
-    """The named weight tensors in a checkpoint, state dict, pickled module or safetensors file.
+    """The named weight tensors in a checkpoint, state dict, pickled module or safetensors file,
+    the format told by the file's content (:func:`detect_format`), not its name.
 
     Args:
         path: the file.
@@ -95,35 +181,9 @@ def load_weights(path: str | Path, trust_pickle: bool = False) -> Mapping[str, t
         raise CLIError(f"no such file: {path}", EXIT_MISSING)
     if path.is_dir():
         raise CLIError(f"{path} is a directory; give a checkpoint or weights file", EXIT_UNREADABLE)
-    if path.suffix == ".safetensors":
-        try:
-            from safetensors.torch import load_file
-        except ImportError as error:
-            raise CLIError(
-                "reading .safetensors needs: pip install safetensors", EXIT_UNREADABLE
-            ) from error
-        try:
-            return load_file(str(path))
-        except Exception as error:
-            raise CLIError(
-                f"cannot read {path} as safetensors: {error}", EXIT_UNREADABLE
-            ) from error
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
-    except Exception as error:
-        hint = (
-            ""
-            if trust_pickle
-            else (
-                " If the file is a trusted pickle of a whole model or a checkpoint with custom "
-                "objects, add --trust-pickle."
-            )
-        )
-        raise CLIError(
-            f"cannot read {path} as a torch checkpoint ({type(error).__name__}: "
-            f"{str(error).splitlines()[0] if str(error) else ''}).{hint}",
-            EXIT_UNREADABLE,
-        ) from error
+    if detect_format(path) == "safetensors":
+        return _load_safetensors(path)
+    obj = _load_torch(path, trust_pickle)
     tensors = _tensors_of(obj)
     if not tensors:
         raise CLIError(f"{path} holds no named weight tensors", EXIT_UNREADABLE)
@@ -183,6 +243,25 @@ def _write_plots(report: SpectralReport, directory: Path) -> list[Path]:
     return written
 
 
+def _check_output_file(path: str | None) -> None:
+    """Fail before the work, not after it, when an output file cannot be written there."""
+    if path is None:
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise CLIError(f"cannot write {target}: it is a directory", EXIT_OUTPUT)
+    if not target.parent.is_dir():
+        raise CLIError(f"cannot write {target}: no directory {target.parent}", EXIT_OUTPUT)
+
+
+def _writing(path: str | Path, write: Callable[[], Any]) -> Any:
+    """Run ``write``; an OSError becomes the output exit code with a one-line message."""
+    try:
+        return write()
+    except OSError as error:
+        raise CLIError(f"cannot write {path}: {error.strerror or error}", EXIT_OUTPUT) from error
+
+
 def _cmd_analyze(args: argparse.Namespace, out: TextIO) -> int:
     config = AnalysisConfig.create(
         layers=args.layers,
@@ -194,6 +273,10 @@ def _cmd_analyze(args: argparse.Namespace, out: TextIO) -> int:
         kinds="all" if args.kinds and "all" in args.kinds else args.kinds,
         lora=args.lora,
     )
+    _check_output_file(args.csv)
+    _check_output_file(args.json)
+    if args.plots and Path(args.plots).exists() and not Path(args.plots).is_dir():
+        raise CLIError(f"cannot write figures to {args.plots}: not a directory", EXIT_OUTPUT)
     state = load_weights(args.path, trust_pickle=args.trust_pickle)
     snapshot = snapshot_state_dict(state, config)
     if args.base:
@@ -212,11 +295,11 @@ def _cmd_analyze(args: argparse.Namespace, out: TextIO) -> int:
     if left_out:
         out.write(f"left out: {left_out_message(left_out, limit=len(left_out))}\n")
     if args.csv:
-        out.write(f"wrote {report.to_csv(args.csv)}\n")
+        out.write(f"wrote {_writing(args.csv, lambda: report.to_csv(args.csv))}\n")
     if args.json:
-        out.write(f"wrote {report.to_json(args.json)}\n")
+        out.write(f"wrote {_writing(args.json, lambda: report.to_json(args.json))}\n")
     if args.plots:
-        paths = _write_plots(report, Path(args.plots))
+        paths = _writing(args.plots, lambda: _write_plots(report, Path(args.plots)))
         out.write(f"wrote {len(paths)} figures to {args.plots}\n")
     return 0
 
@@ -244,25 +327,32 @@ def read_history(logdir: str | Path, prefix: str = "spectral") -> dict[str, dict
         if not tags:
             continue
         rows = []
+        scalars = set(acc.Tags()["scalars"])
         for tag in tags:
             layer = tag[len(alpha_tag) :]
-            lam = (
-                {e.step: e.value for e in acc.Scalars(f"{prefix}/lambda_max/{layer}")}
-                if (f"{prefix}/lambda_max/{layer}" in acc.Tags()["scalars"])
-                else {}
-            )
-            for event in acc.Scalars(tag):
-                rows.append((event.step, layer, event.value, lam.get(event.step, math.nan)))
-        rows.sort()
+            lam_tag = f"{prefix}/lambda_max/{layer}"
+            lam = _latest_per_step(acc.Scalars(lam_tag)) if lam_tag in scalars else {}
+            for step, alpha in _latest_per_step(acc.Scalars(tag)).items():
+                rows.append((step, layer, alpha, lam.get(step, math.nan)))
+        rows.sort(key=lambda row: (row[0], row[1]))
         name = str(directory.relative_to(root)) if directory != root else "."
         runs[name] = {"rows": rows}
     return runs
+
+
+def _latest_per_step(events: Sequence[Any]) -> dict[int, float]:
+    """One value per step: a step written twice (a run resumed into the same directory without
+    a restart marker) keeps the value written last, as the resumed run's curve shows it."""
+    return {int(event.step): float(event.value) for event in events}
 
 
 def _cmd_history(args: argparse.Namespace, out: TextIO) -> int:
     root = Path(args.logdir)
     if not root.exists():
         raise CLIError(f"no such directory: {root}", EXIT_MISSING)
+    if not root.is_dir():
+        raise CLIError(f"{root} is not a directory; give a TensorBoard log dir", EXIT_UNREADABLE)
+    _check_output_file(args.csv)
     runs = read_history(root, args.prefix)
     if not runs:
         raise CLIError(
@@ -288,11 +378,14 @@ def _cmd_history(args: argparse.Namespace, out: TextIO) -> int:
     if args.csv:
         import csv
 
-        with open(args.csv, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["run", "step", "layer", "alpha", "lambda_max"])
-            for run, data in runs.items():
-                writer.writerows((run, *row) for row in data["rows"])
+        def write_csv() -> None:
+            with open(args.csv, "w", newline="") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(["run", "step", "layer", "alpha", "lambda_max"])
+                for run, data in runs.items():
+                    writer.writerows((run, *row) for row in data["rows"])
+
+        _writing(args.csv, write_csv)
         out.write(f"wrote {args.csv}\n")
     if args.plot:
         for path in _write_heatmaps(runs, Path(args.plot)):
@@ -343,7 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="spectral-monitor",
         description="Heavy-tailed spectral analysis (HT-SR alpha, λmax) of network weights.",
-        epilog="exit codes: 0 ok, 2 usage, 3 not found, 4 unreadable, 5 no analysable layer",
+        epilog="exit codes: 0 ok, 2 usage, 3 not found, 4 unreadable, 5 no analysable layer, "
+        "6 cannot write an output, 130 interrupted",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     a = sub.add_parser("analyze", help="per-layer table of a checkpoint or weights file")
@@ -428,7 +522,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         return error.code
     except ValueError as error:  # invalid option values, from the analysis' own checks
         sys.stderr.write(f"spectral-monitor: error: {error}\n")
-        return 2
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        sys.stderr.write("spectral-monitor: interrupted\n")
+        return EXIT_INTERRUPTED
 
 
 def main_entry() -> None:

@@ -146,7 +146,7 @@ def _solver_runs(stacks: Sequence[torch.Tensor], dtype: torch.dtype) -> list[lis
     consecutive runs whose Grams take <= ``_GROUP_BYTES`` (a bigger layer is a run of its own)."""
     shapes: dict[tuple[torch.device, tuple[int, int]], list[int]] = {}
     for k, stack in enumerate(stacks):
-        shapes.setdefault((stack.device, tuple(stack.shape[1:])), []).append(k)
+        shapes.setdefault((stack.device, (stack.shape[-2], stack.shape[-1])), []).append(k)
     runs: list[list[int]] = []
     for members in shapes.values():
         run: list[int] = []

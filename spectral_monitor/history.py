@@ -68,6 +68,17 @@ class SpectralHistory:
                 track[key].append(float(getattr(layer, key)))
         return True
 
+    def drop_after(self, step: int) -> None:
+        """Forget the analyses after ``step`` (a state saved later than the weights that training
+        resumes with)."""
+        keep = [i for i, s in enumerate(self.aggregates["step"]) if s <= step]
+        self.aggregates = {k: [v[i] for i in keep] for k, v in self.aggregates.items()}
+        for track in self.layers.values():
+            keep = [i for i, s in enumerate(track["step"]) if s <= step]
+            for key, values in track.items():
+                track[key] = [values[i] for i in keep]
+        self.layers = {name: track for name, track in self.layers.items() if track["step"]}
+
     def alpha(self, layer: str) -> tuple[list[int], list[float]]:
         """(steps, alphas) of one layer."""
         track = self.layers[layer]
@@ -94,13 +105,13 @@ class SpectralHistory:
 
     def to_rows(self) -> list[dict[str, Any]]:
         """One row per (step, layer): step, layer, alpha, lambda_max."""
-        rows = []
+        rows: list[dict[str, Any]] = []
         for name, track in self.layers.items():
             for step, alpha, lam in zip(
                 track["step"], track["alpha"], track["lambda_max"], strict=True
             ):
                 rows.append({"step": int(step), "layer": name, "alpha": alpha, "lambda_max": lam})
-        rows.sort(key=lambda r: r["step"])
+        rows.sort(key=lambda r: int(r["step"]))
         return rows
 
     def to_csv(self, path: str | Path) -> Path:
@@ -124,7 +135,7 @@ class SpectralHistory:
         self.layers = {
             k: {kk: list(vv) for kk, vv in v.items()} for k, v in state["layers"].items()
         }
-        aggregates = {"step": [], **{k: [] for k in AGGREGATE_KEYS}}
+        aggregates: dict[str, list[float]] = {"step": [], **{k: [] for k in AGGREGATE_KEYS}}
         aggregates.update({k: list(v) for k, v in state["aggregates"].items()})
         count = len(aggregates["step"])
         for key in AGGREGATE_KEYS:  # a history saved before a key existed gets NaN for it

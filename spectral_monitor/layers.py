@@ -107,6 +107,10 @@ def normalize_filter(value: LayerFilter, argument: str) -> tuple[LayerFilterItem
     """
     if value is None:
         return None
+    if not isinstance(value, (str, type, Sequence, set, frozenset)):
+        raise ValueError(
+            f"{argument} must be a name pattern, an nn.Module type or a list of them, got {value!r}"
+        )
     items: Sequence[LayerFilterItem] = (value,) if isinstance(value, (str, type)) else tuple(value)
     for item in items:
         if isinstance(item, str):

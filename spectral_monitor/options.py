@@ -60,8 +60,10 @@ def monitor_options(
     """The options as a dict (validation is the tracker's, at construction).
 
     Args:
-        every_n_steps: analyse every this many optimizer steps (``trainer.global_step``; in a
-            plain loop, the step passed to ``tracker.step``).
+        every_n_steps: analyse every this many steps: Lightning's logging step (batches that
+            stepped the optimizer, the loss's step axis; ``trainer.global_step`` with one
+            optimizer); in a plain loop, the step passed to ``tracker.step``. Resuming with a
+            different value keeps the history and continues at the multiples of the new one.
         layers: keep only layers whose name matches one of these glob patterns, or of these types.
         exclude: drop layers matching these patterns or types.
         conv2d: deprecated name of ``conv`` (a FutureWarning).

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -46,7 +47,7 @@ def plot_esd(evals: np.ndarray, fit: PowerLawFit | None = None, title: str = "ES
     x = x[np.isfinite(x) & (x > 0)]
     if x.size:
         lo, hi = x.min(), x.max()
-        bins = np.logspace(math.log10(lo), math.log10(hi) + 1e-9, 40) if hi > lo else 10
+        bins: Any = np.logspace(math.log10(lo), math.log10(hi) + 1e-9, 40) if hi > lo else 10
         ax.hist(
             x,
             bins=bins,

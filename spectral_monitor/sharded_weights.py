@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 from torch import nn
@@ -18,7 +18,7 @@ from torch import nn
 __all__ = ["full_parameters", "full_weight", "is_sharded", "needs_collectives"]
 
 
-def is_sharded(weight: Any) -> bool:
+def is_sharded(weight: Any) -> TypeGuard[torch.Tensor]:
     """True for a DTensor (FSDP2 ``fully_shard``, tensor parallel): its full value needs a
     collective."""
     return isinstance(weight, torch.Tensor) and hasattr(weight, "full_tensor")
@@ -27,7 +27,7 @@ def is_sharded(weight: Any) -> bool:
 def full_weight(weight: torch.Tensor) -> torch.Tensor:
     """The whole tensor behind a DTensor (a collective: all ranks of its mesh must call it), or
     the tensor itself. Peak extra memory: one full copy of this weight, in its own dtype."""
-    return weight.full_tensor() if is_sharded(weight) else weight  # type: ignore[operator]
+    return weight.full_tensor() if is_sharded(weight) else weight  # type: ignore[attr-defined]
 
 
 def _has_fsdp1(root: nn.Module) -> bool:

@@ -10,18 +10,27 @@ Plain loop::
         tracker.step(model, step)
         if tracker.should_stop:
             break
-    tracker.close()
+    tracker.close()  # also analyses the final weights if the last analysis was earlier
+
+One step axis: ``step`` is whatever the caller counts (the Lightning callback passes the step that
+``self.log`` uses: batches that stepped the optimizer). The schedule, the history, ``start_step``
+and the stop rule all use it.
+
+A tracker pickles and deep-copies (its worker thread, lock and writer are left behind and made
+again on first use), so it can travel with a callback into ``ddp_spawn`` processes.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
+import os
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import nn
 
 from spectral_monitor.config import AnalysisConfig
@@ -55,10 +64,15 @@ def _check_int(name: str, value: Any, minimum: int, allow_none: bool = False) ->
 
 @with_options(
     inspect.Parameter(
-        "log_dir", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=str | None
+        "log_dir",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=str | os.PathLike | None,
     ),
     extra_doc="""log_dir: for plain loops: write TensorBoard events here (scalars, layout,
-    histograms, figures); None: no writer.""",
+    histograms, figures); None: no writer. After :meth:`load_state_dict`, events a killed run
+    wrote there after the restored history's last analysis are hidden (TensorBoard's
+    ``purge_step``), so no step shows twice.""",
 )
 class SpectralTracker:
     """Schedules spectral analyses of a model over training and keeps their results.
@@ -103,8 +117,8 @@ class SpectralTracker:
             raise ValueError(
                 f"prefix must be a non-empty string without trailing '/', got {prefix!r}"
             )
-        if log_dir is not None and not isinstance(log_dir, str):
-            raise ValueError(f"log_dir must be a path string or None, got {log_dir!r}")
+        if log_dir is not None and not isinstance(log_dir, (str, os.PathLike)):
+            raise ValueError(f"log_dir must be a path or None, got {log_dir!r}")
         self.config = AnalysisConfig.from_options(options)
         self.every_n_steps = every_n_steps
         self.mode = "thread" if mode == "auto" else mode
@@ -113,7 +127,7 @@ class SpectralTracker:
         self.log_histograms = log_histograms
         self.histogram_every = histogram_every
         self.log_figures_every = log_figures_every
-        self.log_dir = log_dir
+        self.log_dir = None if log_dir is None else os.fspath(log_dir)
         self.stop_rule = (
             None
             if stop_below is None
@@ -129,8 +143,14 @@ class SpectralTracker:
         self.num_failed = 0
         self.last_snapshot_bytes = 0
         self._last_attempt: int | None = None
+        self._last_submitted: int | None = None  # excludes analyses skipped for back-pressure
         self._worker = AnalysisWorker(self.mode)  # type: ignore[arg-type]
         self._writer: Any = None
+        self._tensorboard: TensorBoardSink | None = None
+        self._purge_step: int | None = None  # first step to write after a restore
+        self._restored = False  # a state was loaded and training has not (re)started since
+        self._model: weakref.ref[nn.Module] | None = None  # what step() saw last, for close()
+        self._step: int | None = None
         self._warned_failure = False
         self._warned_figures = False
         self._drawn: dict[str, int | None] = {"esd": None, "heatmap": None}
@@ -160,6 +180,26 @@ class SpectralTracker:
             return True
         return step // self.every_n_steps > self._last_attempt // self.every_n_steps
 
+    def start(self, step: int) -> bool:
+        """Training starts, or resumes, with the weights of ``step``; returns whether those
+        weights need an analysis now.
+
+        With a state restored by :meth:`load_state_dict` the history continues: the restored
+        step is analysed only if it is on the schedule and not analysed already (a checkpoint
+        saved off the grid adds no point). Without one, a step before the last analysed step
+        means a new run (a second ``fit()`` with a fresh Trainer): the history starts afresh.
+        """
+        restored, self._restored = self._restored, False
+        steps = self.history.steps
+        if restored:
+            if steps and steps[-1] > step:  # a state saved after the weights it is resumed with
+                self.history.drop_after(step)
+        elif steps and step < steps[-1]:
+            rank_zero_info("SpectralMonitor: training restarted at an earlier step; new history.")
+            self.reset()
+        self._step = step
+        return step not in self.history and self.due(step)
+
     def submit(
         self,
         model: nn.Module,
@@ -179,6 +219,7 @@ class SpectralTracker:
                 (an FSDP wrapper); see :func:`~spectral_monitor.snapshot.take_snapshot`.
         """
         self._last_attempt = step
+        self._step = step if self._step is None else max(self._step, step)
         self._warn_left_out(model)
         if self._plan.sharded or self._worker.busy:
             if self._plan.may_skip(model, root):
@@ -188,9 +229,12 @@ class SpectralTracker:
             self.collect(block=True)
         snapshot = self._plan.snapshot(model, self.config, self.max_snapshot_bytes, root)
         self.last_snapshot_bytes = sum(s.nbytes for s in snapshot)
-        return self._worker.submit(
+        started = self._worker.submit(
             snapshot, self.config, step if report_step is None else report_step
         )
+        if started:
+            self._last_submitted = step
+        return started
 
     def _warn_left_out(self, model: nn.Module) -> None:
         """Once per run: name the weights no layer kind covers."""
@@ -203,6 +247,20 @@ class SpectralTracker:
     def maybe_submit(self, model: nn.Module, step: int) -> bool:
         """:meth:`submit` if an analysis is due at ``step``."""
         return self.due(step) and self.submit(model, step)
+
+    def analyse_final(
+        self, model: nn.Module, step: int, root: nn.Module | None = None
+    ) -> list[SpectralReport]:
+        """Analyse the final weights (those of ``step``) if the last scheduled analysis was
+        earlier, waiting for any running one first (the final analysis is never skipped), and
+        take everything in. A collective while sharded, like :meth:`submit`."""
+        reports = self.collect(block=True)
+        last = self._last_submitted
+        if step in self.history or (last is not None and step <= last):
+            return reports
+        if self.submit(model, step, root=root):
+            reports += self.collect(block=True)
+        return reports
 
     # --- results ---------------------------------------------------------------------------
 
@@ -280,6 +338,11 @@ class SpectralTracker:
         self._deliver_figures(block=True)
 
     @property
+    def restored(self) -> bool:
+        """True between :meth:`load_state_dict` and the (re)start of training."""
+        return self._restored
+
+    @property
     def should_stop(self) -> bool:
         """True once the stop rule fired (always False without ``stop_below``)."""
         return self.stop_rule is not None and self.stop_rule.should_stop
@@ -322,6 +385,8 @@ class SpectralTracker:
         start a new one if due. Returns the reports taken in."""
         if self.log_dir is not None and self._writer is None:
             self._open_writer()
+        self._model, self._step = weakref.ref(model), step
+        self._restored = False
         reports = self.collect()
         if self.maybe_submit(model, step):
             reports += self.collect()  # a sync analysis is already done; a thread's may be
@@ -330,33 +395,48 @@ class SpectralTracker:
     def _open_writer(self) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        self._writer = SummaryWriter(self.log_dir)
+        # purge_step hides the events a killed run wrote after the state it is resumed from.
+        self._writer = SummaryWriter(self.log_dir, purge_step=self._purge_step)
+        self._purge_step = None
         threshold = None if self.stop_rule is None else self.stop_rule.threshold
-        tensorboard = TensorBoardSink(self._writer, self.prefix, threshold)
+        self._tensorboard = TensorBoardSink(self._writer, self.prefix, threshold)
+        # Bound methods, not closures: a tracker must pickle (ddp_spawn, deepcopy).
+        if self._write_report not in self.sinks:
+            self.sinks.append(self._write_report)
+        if self._write_images not in self.image_sinks:
+            self.image_sinks.append(self._write_images)
 
-        def sink(report: SpectralReport, step: int) -> None:
-            extras = self.extras_due()
-            tensorboard.write_report(
-                report, step, self.scalars(report), extras["histograms"], extras["text"]
-            )
-            tensorboard.flush()
+    def _write_report(self, report: SpectralReport, step: int) -> None:
+        """The ``log_dir`` sink: one report into the plain loop's own event file, flushed so that
+        it is on disk before a checkpoint can include this analysis."""
+        if self._tensorboard is None:
+            return
+        extras = self.extras_due()
+        self._tensorboard.write_report(
+            report, step, self.scalars(report), extras["histograms"], extras["text"]
+        )
+        self._tensorboard.flush()
 
-        def image_sink(step: int, images: dict[str, np.ndarray]) -> None:
-            tensorboard.write_images(step, images)
-            tensorboard.flush()
-
-        self.sinks.append(sink)
-        self.image_sinks.append(image_sink)
+    def _write_images(self, step: int, images: dict[str, np.ndarray]) -> None:
+        if self._tensorboard is None:
+            return
+        self._tensorboard.write_images(step, images)
+        self._tensorboard.flush()
 
     def close(self, gather: bool = True) -> list[SpectralReport]:
-        """Finish and take in outstanding work, join the worker thread, close ``log_dir``'s
-        writer. The tracker stays usable (a new worker thread starts on demand).
+        """Analyse the final weights if :meth:`step` saw weights after the last analysis, finish
+        and take in outstanding work, join the worker thread, close ``log_dir``'s writer. The
+        tracker stays usable (a new worker thread starts on demand).
 
         Args:
             gather: while sharded, take in the pending analysis (a collective); False drops it,
                 for a failing run where the other ranks may never arrive.
         """
-        if gather or not self._plan.sharded:
+        model = None if self._model is None else self._model()
+        if gather and model is not None and self._step is not None:
+            reports = self.analyse_final(model, self._step)
+            self.finish()
+        elif gather or not self._plan.sharded:
             reports = self.collect(block=True)
             self.finish()
         else:
@@ -366,8 +446,12 @@ class SpectralTracker:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
-            self.sinks.clear()
-            self.image_sinks.clear()
+            self._tensorboard = None
+            if self._write_report in self.sinks:
+                self.sinks.remove(self._write_report)
+            if self._write_images in self.image_sinks:
+                self.image_sinks.remove(self._write_images)
+        self._model = None
         return reports
 
     def reset(self) -> None:
@@ -376,7 +460,8 @@ class SpectralTracker:
         self.history = SpectralHistory()
         self.latest = None
         self.num_analyses = self.num_skipped = self.num_failed = 0
-        self._last_attempt = None
+        self._last_attempt = self._last_submitted = None
+        self._step = None
         self._drawn = {"esd": None, "heatmap": None}
         self._warned_left_out = False
         if self.stop_rule is not None:
@@ -388,7 +473,9 @@ class SpectralTracker:
         """History, schedule, counters and stop-rule state."""
         return {
             "history": self.history.state_dict(),
+            "every_n_steps": self.every_n_steps,
             "last_attempt": self._last_attempt,
+            "last_submitted": self._last_submitted,
             "num_analyses": self.num_analyses,
             "num_skipped": self.num_skipped,
             "num_failed": self.num_failed,
@@ -396,11 +483,34 @@ class SpectralTracker:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`; curves continue where they stopped."""
+        """Restore :meth:`state_dict`; curves continue where they stopped, on this tracker's
+        ``every_n_steps`` grid (a different saved value is warned about once)."""
+        saved_every = state.get("every_n_steps")
+        if saved_every is not None and saved_every != self.every_n_steps:
+            rank_zero_warn(
+                f"SpectralMonitor: the checkpoint was analysed every {saved_every} steps, this "
+                f"run every {self.every_n_steps}: the history is kept and continues at the "
+                f"multiples of {self.every_n_steps}."
+            )
         self.history.load_state_dict(state["history"])
         self._last_attempt = state.get("last_attempt")
+        self._last_submitted = state.get("last_submitted", self._last_attempt)
         self.num_analyses = int(state.get("num_analyses", len(self.history)))
         self.num_skipped = int(state.get("num_skipped", 0))
         self.num_failed = int(state.get("num_failed", 0))
         if self.stop_rule is not None and state.get("stop_rule") is not None:
             self.stop_rule.load_state_dict(state["stop_rule"])
+        self._restored = True
+        self._step = None
+        steps = self.history.steps
+        self._purge_step = steps[-1] + 1 if steps else None
+
+    # --- pickling --------------------------------------------------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The writer (an open file) and the reference to the trained model stay in this process;
+        # the worker pickles as an idle worker of the same mode.
+        state = self.__dict__.copy()
+        state["_writer"] = state["_tensorboard"] = None
+        state["_model"] = None
+        return state

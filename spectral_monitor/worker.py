@@ -13,6 +13,10 @@ thread would delay the next analysis into a back-pressure skip.
 
 Back-pressure: one analysis at a time. :meth:`AnalysisWorker.submit` refuses a new one while the
 previous is running, and the caller counts the skip, so at most one snapshot is held.
+
+A worker pickles (and deep-copies) without its thread, lock and streams, which belong to the
+process that started them (``ddp_spawn`` pickles the callbacks into each new process); the copy
+holds the finished results, the running analysis's included.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -73,7 +77,11 @@ class AnalysisWorker:
     def __init__(self, mode: WorkerMode = "thread") -> None:
         if mode not in WORKER_MODES:
             raise ValueError(f"mode must be one of {WORKER_MODES}, got {mode!r}")
-        self.mode = mode
+        self.mode: WorkerMode = mode
+        self._idle()
+
+    def _idle(self) -> None:
+        """No thread, nothing in flight: the state of a new worker."""
         self._executor: ThreadPoolExecutor | None = None
         self._futures: list[Future[AnalysisResult]] = []
         self._done: list[AnalysisResult] = []
@@ -82,6 +90,19 @@ class AnalysisWorker:
         self._rendered: list[RenderResult] = []
         self._streams: dict[torch.device, torch.cuda.Stream] = {}
         self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, object]:
+        # Threads, locks, CUDA streams and futures cannot cross a process boundary: a copy starts
+        # with none and creates its own on first use. It does get the results, the running
+        # analysis's too (waited for), so it takes in what the original will.
+        if self._futures:
+            wait_futures(list(self._futures))
+        return {"mode": self.mode, "done": self._done + [f.result() for f in self._futures]}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.mode = state["mode"]
+        self._idle()
+        self._done = list(state.get("done", []))
 
     @property
     def busy(self) -> bool:

@@ -134,6 +134,9 @@ def assert_analysed_steps(monitor: Any, expected: list[int]) -> None:
     assert steps == sorted(set(steps)), f"duplicate or unordered steps {steps}"
     assert set(steps) <= set(expected), f"{steps} not within {expected}"
     assert steps[0] == expected[0], f"the first analysis is missing: {steps}"
-    assert len(steps) + tracker.num_skipped == len(expected), (steps, tracker.num_skipped)
+    # The final weights are analysed even when their scheduled analysis was skipped.
+    extra = int(steps[-1] == expected[-1])
+    counted = len(steps) + tracker.num_skipped
+    assert len(expected) <= counted <= len(expected) + extra, (steps, tracker.num_skipped)
     if tracker.mode == "sync":
         assert steps == expected

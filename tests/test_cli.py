@@ -140,3 +140,99 @@ def test_console_script_and_module_entry_points(tmp_path) -> None:
         [sys.executable, "-m", "spectral_monitor", "--help"], capture_output=True, text=True
     )
     assert done.returncode == 0 and "exit codes" in done.stdout
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_output_errors_exit_6_before_the_analysis(tmp_path, capsys) -> None:
+    torch.save(small_cnn().state_dict(), tmp_path / "sd.pt")
+    for option in ("--csv", "--json"):
+        code, text = run_cli("analyze", str(tmp_path / "sd.pt"), option, "/nonexistent/x.out")
+        assert code == 6 and text == ""  # nothing printed: it failed before the work
+        assert "cannot write /nonexistent/x.out" in one_line_error(capsys)
+        code, _ = run_cli("analyze", str(tmp_path / "sd.pt"), option, str(tmp_path))
+        assert code == 6 and "is a directory" in one_line_error(capsys)
+    (tmp_path / "file").write_text("x")
+    code, _ = run_cli("analyze", str(tmp_path / "sd.pt"), "--plots", str(tmp_path / "file"))
+    assert code == 6 and "not a directory" in one_line_error(capsys)
+    code, _ = run_cli("history", str(tmp_path), "--csv", "/nonexistent/h.csv")
+    assert code == 6 and "cannot write" in one_line_error(capsys)
+
+
+def test_unreadable_files_say_what_they_are_without_a_pickle_hint(tmp_path, capsys) -> None:
+    (tmp_path / "empty.ckpt").write_bytes(b"")
+    code, _ = run_cli("analyze", str(tmp_path / "empty.ckpt"))
+    err = one_line_error(capsys)
+    assert code == 4 and "is empty" in err and "trust-pickle" not in err
+    (tmp_path / "notes.pt").write_text("epoch 3, loss 0.12\n")
+    code, _ = run_cli("analyze", str(tmp_path / "notes.pt"))
+    err = one_line_error(capsys)
+    assert code == 4 and "not a torch checkpoint" in err and "trust-pickle" not in err
+    torch.save(small_cnn(), tmp_path / "module.pt")  # a whole module: the hint applies
+    code, _ = run_cli("analyze", str(tmp_path / "module.pt"))
+    assert code == 4 and "--trust-pickle" in one_line_error(capsys)
+    code, _ = run_cli("history", str(tmp_path / "notes.pt"))
+    assert code == 4 and "not a directory" in one_line_error(capsys)
+
+
+def test_format_is_detected_by_content_not_name(tmp_path) -> None:
+    from safetensors.torch import save_file
+
+    model = small_cnn()
+    save_file(model.state_dict(), tmp_path / "weights.bin")  # safetensors under another name
+    torch.save(model.state_dict(), tmp_path / "weights.safetensors")  # and the reverse
+    expected = [la.alpha for la in analyze(model).fitted]
+    for name in ("weights.bin", "weights.safetensors"):
+        code, _ = run_cli("analyze", str(tmp_path / name), "--csv", str(tmp_path / "t.csv"))
+        assert code == 0, name
+        rows = list(csv.DictReader((tmp_path / "t.csv").open()))
+        alphas = [float(r["alpha"]) for r in rows if not r["skipped"]]
+        assert alphas == pytest.approx(expected, rel=1e-9), name
+
+
+def test_history_of_a_directory_with_steps_written_twice_counts_each_once(tmp_path) -> None:
+    """Two runs in one log dir without a restart marker: a step written twice is shown once,
+    with the value written last; λmax is matched to alpha at that step; "last" is the latest."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    def write(steps: list[int], offset: float, started: int) -> None:
+        writer = SummaryWriter(str(tmp_path / "new"))
+        for step in steps:
+            writer.add_scalar("spectral/alpha/fc", 2.0 + offset + step / 100, step)
+            writer.add_scalar("spectral/lambda_max/fc", 10.0 + offset + step, step)
+        writer.close()
+        # Named as two processes started `started` seconds after the epoch would name them:
+        # TensorBoard reads a directory's files in name order.
+        (tmp_path / "tb").mkdir(exist_ok=True)
+        (written,) = (tmp_path / "new").iterdir()
+        written.rename(tmp_path / "tb" / f"events.out.tfevents.{started}.host.{started}.0")
+
+    write([0, 20, 40, 60], 0.0, started=1_700_000_000)
+    # The resumed run: 40 and 60 again, other values.
+    write([40, 60, 80], 0.5, started=1_700_000_100)
+    code, text = run_cli("history", str(tmp_path / "tb"), "--csv", str(tmp_path / "h.csv"))
+    assert code == 0
+    assert "5 analyses, steps 0..80" in text
+    rows = list(csv.DictReader((tmp_path / "h.csv").open()))
+    assert [int(r["step"]) for r in rows] == [0, 20, 40, 60, 80]
+    got = {int(r["step"]): (float(r["alpha"]), float(r["lambda_max"])) for r in rows}
+    assert got[20] == pytest.approx((2.2, 30.0))
+    assert got[40] == pytest.approx((2.9, 50.5)) and got[60] == pytest.approx((3.1, 70.5))
+    fc = next(line for line in text.splitlines() if line.startswith("fc "))
+    first, last = fc.split()[1:3]
+    assert (float(first), float(last)) == pytest.approx((2.0, 3.3))  # last = step 80's
+
+
+def test_help_does_not_import_lightning_or_matplotlib() -> None:
+    code = (
+        "import sys\nfrom spectral_monitor.cli import main\ntry:\n    main(['--help'])\n"
+        "except SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('lightning', 'matplotlib') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"

@@ -31,15 +31,16 @@ def run_ddp(out: Path, *extra: str) -> list[dict]:
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "strategy, slow_rank",
-    [("ddp", None), ("fsdp2", None), ("fsdp2", 1)],
-    ids=["ddp", "fsdp2", "fsdp2-rank1-slow"],
+    [("ddp", None), ("ddp_spawn", None), ("fsdp2", None), ("fsdp2", 1)],
+    ids=["ddp", "ddp-spawn", "fsdp2", "fsdp2-rank1-slow"],
 )
 def test_ranks_agree_and_rank_zero_writes_one_event_file(
     tmp_path, strategy: str, slow_rank: int | None
 ) -> None:
-    """DDP and FSDP2 (weights are DTensors: every rank gathers every layer, the owner analyses
-    it), also with one rank slower than the other: the same results on both ranks, equal to
-    analyze() of the final weights in one process, and one event file."""
+    """DDP, DDP with spawned ranks (the monitor is pickled into each) and FSDP2 (weights are
+    DTensors: every rank gathers every layer, the owner analyses it), also with one rank slower
+    than the other: the same results on both ranks, equal to analyze() of the final weights in one
+    process, and one event file."""
     extra = ["--strategy", strategy] + (["--slow-rank", str(slow_rank)] if slow_rank else [])
     ranks = run_ddp(tmp_path, *extra)
     assert [r["rank"] for r in ranks] == [0, 1]
@@ -57,6 +58,9 @@ def test_ranks_agree_and_rank_zero_writes_one_event_file(
     assert h0["aggregates"]["step"] == [0, 10, 20, 30]
     events = list((tmp_path / "tb").rglob("events.out.tfevents.*"))
     assert len(events) == 1
+    if strategy == "ddp_spawn":  # the main process gets rank 0's metric back
+        main_metric = json.loads((tmp_path / "main.json").read_text())["alpha_mean_metric"]
+        assert main_metric == pytest.approx(ranks[0]["alpha_mean_metric"])
     # The last analysis equals analyze() of the final weights.
     model = ConvNet()
     model.load_state_dict(torch.load(tmp_path / "final.pt"))

@@ -68,8 +68,9 @@ def test_strange_layers_are_skipped_with_reasons_during_training() -> None:
     assert last.layer("frozen").skipped is None  # frozen is not broken: it is analysed
     # NaN appeared at step 7: analysed fine at 0 and 5, skipped with the reason afterwards.
     alphas = first["net.5"]["alpha"]
-    assert monitor.history.steps == [0, 5, 10]
+    assert monitor.history.steps == [0, 5, 10, 12]  # 12: the final weights
     assert math.isfinite(alphas[0]) and math.isfinite(alphas[1]) and math.isnan(alphas[2])
+    assert math.isnan(alphas[3])
     assert "non-finite" in last.layer("net.5").skipped
     assert all(math.isnan(v) for v in monitor.history.layers["zero"]["alpha"])
 
@@ -186,7 +187,7 @@ def test_eigensolver_failure_falls_back_then_skips(monkeypatch) -> None:
 def test_max_steps_smaller_than_every_n_steps() -> None:
     monitor = SpectralMonitor(every_n_steps=100, **TRUST_TINY)
     trainer(max_steps=7, callbacks=[monitor]).fit(ConvNet(), image_loader())
-    assert monitor.history.steps == [0]  # the analysis at the start, nothing due after
+    assert monitor.history.steps == [0, 7]  # the start, nothing due after, the final weights
     assert no_monitor_threads()
 
 

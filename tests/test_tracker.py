@@ -63,7 +63,7 @@ def test_tracker_state_dict_round_trip() -> None:
     state = tracker.state_dict()
     clone = SpectralTracker(every_n_steps=5, mode="sync", stop_below=1.0)
     clone.load_state_dict(state)
-    assert clone.history.steps == tracker.history.steps == [1, 5, 10]
+    assert clone.history.steps == tracker.history.steps == [1, 5, 10, 12]  # 12: close()
     assert clone.history.layers == tracker.history.layers
     assert not clone.due(14) and clone.due(15)
 
@@ -101,3 +101,20 @@ def test_history_ignores_duplicate_steps_and_restores_missing_keys() -> None:
     assert math.isnan(restored.aggregates["alpha_min"][0])
     with pytest.raises(ValueError, match="step"):
         history.add(SpectralReport([]))
+
+
+def test_every_wrong_argument_of_the_monitor_and_tracker_is_a_value_error_naming_it() -> None:
+    """Each argument, given values of every wrong kind: a ValueError that names it (or the value
+    is accepted), never a TypeError from deep inside."""
+    import inspect
+
+    from spectral_monitor import SpectralMonitor
+
+    wrong = [3, 2.5, "x", None, [1], {}, object(), True, -1, float("nan")]
+    for cls in (SpectralMonitor, SpectralTracker):
+        for name in list(inspect.signature(cls.__init__).parameters)[1:]:
+            for value in wrong:
+                try:
+                    cls(**{name: value})
+                except ValueError as error:
+                    assert name in str(error), (cls.__name__, name, value, error)

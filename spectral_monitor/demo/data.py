@@ -129,9 +129,11 @@ class FashionMNISTDataModule(L.LightningDataModule):
                 "(on Debian: apt-get install dataset-fashion-mnist)"
             )
 
+        files = {key: path for key, path in found.items() if path is not None}
+
         def load(images: str, labels: str) -> TensorDataset:
-            x = torch.tensor(read_idx(found[images]), dtype=torch.float32).unsqueeze(1) / 255.0
-            y = torch.tensor(read_idx(found[labels]), dtype=torch.long)
+            x = torch.tensor(read_idx(files[images]), dtype=torch.float32).unsqueeze(1) / 255.0
+            y = torch.tensor(read_idx(files[labels]), dtype=torch.long)
             return TensorDataset(x[: self.limit], y[: self.limit])
 
         self.train_set = load("train_images", "train_labels")

@@ -16,6 +16,8 @@ __all__ = ["CharTransformer", "ImageClassifier", "RandomLabelMLP"]
 class _Classifier(L.LightningModule):
     """Cross-entropy training and validation with accuracy, for the modules below."""
 
+    net: nn.Module  # set by each subclass
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
@@ -71,7 +73,7 @@ class ImageClassifier(_Classifier):
         )
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+        return torch.optim.Adam(self.parameters(), lr=self.hparams["lr"])
 
 
 class _Block(nn.Module):
@@ -130,7 +132,7 @@ class CharTransformer(_Classifier):
         return self.head(self.norm(self.blocks(h)))
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr)
+        return torch.optim.AdamW(self.parameters(), lr=self.hparams["lr"])
 
 
 class RandomLabelMLP(_Classifier):
@@ -157,4 +159,4 @@ class RandomLabelMLP(_Classifier):
         )
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr, momentum=0.9)
+        return torch.optim.SGD(self.parameters(), lr=self.hparams["lr"], momentum=0.9)

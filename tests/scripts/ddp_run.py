@@ -1,12 +1,15 @@
 """A 2-process run on CPU (gloo) with SpectralMonitor; each rank writes what it saw.
 
-    python tests/scripts/ddp_run.py OUT_DIR [--stop-below X] [--strategy ddp|fsdp2] [--slow-rank R]
+    python tests/scripts/ddp_run.py OUT_DIR [--stop-below X] [--strategy S] [--slow-rank R]
 
-``ddp`` is Lightning's DDP; ``fsdp2`` is Lightning's ModelParallelStrategy with every layer sharded
-by ``fully_shard``, so the weights are DTensors. ``--slow-rank R`` makes rank R sleep after every
-batch, so the ranks reach each collective at different times. Lightning's launcher re-runs this
-script for rank 1. Each rank writes OUT_DIR/rank{r}.json with its history, stop state and callback
-metric; rank 0 also saves the final (full) weights.
+``--strategy``: ``ddp`` is Lightning's DDP; ``ddp_spawn`` the same with the ranks started by
+``torch.multiprocessing.spawn`` (the callbacks are pickled into them; the main process then also
+writes OUT_DIR/main.json with the metric Lightning brings back); ``fsdp2`` is Lightning's
+ModelParallelStrategy with every layer sharded by ``fully_shard``, so the weights are DTensors.
+``--slow-rank R`` makes rank R sleep after every batch, so the ranks reach each collective at
+different times. Lightning's launcher re-runs this script for rank 1. Each rank writes
+OUT_DIR/rank{r}.json with its history, stop state and callback metric; rank 0 also saves the
+final (full) weights.
 """
 
 from __future__ import annotations
@@ -76,7 +79,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("out", type=Path)
     parser.add_argument("--stop-below", type=float, default=None)
-    parser.add_argument("--strategy", choices=("ddp", "fsdp2"), default="ddp")
+    parser.add_argument("--strategy", choices=("ddp", "ddp_spawn", "fsdp2"), default="ddp")
     parser.add_argument("--slow-rank", type=int, default=None)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -87,7 +90,7 @@ def main() -> None:
         loader, max_steps = image_loader(), 30
     else:
         model, loader, max_steps = RandomLabelMLP(lr=0.2), random_label_loader(), 400
-    strategy: Any = "ddp"
+    strategy: Any = args.strategy
     if args.strategy == "fsdp2":
         strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
     monitor = SpectralMonitor(
@@ -105,6 +108,11 @@ def main() -> None:
         enable_checkpointing=False,
     )
     trainer.fit(model, loader)
+    if args.strategy == "ddp_spawn":
+        metric = trainer.callback_metrics.get("spectral/alpha_mean")
+        (args.out / "main.json").write_text(
+            json.dumps({"alpha_mean_metric": None if metric is None else float(metric)})
+        )
 
 
 if __name__ == "__main__":
