@@ -152,7 +152,7 @@ def bind_options(cls: type, args: tuple[Any, ...], kwargs: dict[str, Any]) -> di
     """The arguments of a call to ``cls(*args, **kwargs)`` by name, defaults filled in, checked
     against ``cls.__init__``'s signature (a misspelt option is a TypeError, as for a plain
     signature)."""
-    signature = inspect.signature(cls.__init__)
+    signature = inspect.signature(cls.__init__)  # type: ignore[misc]
     bound = signature.bind(None, *args, **kwargs)
     bound.apply_defaults()
     arguments = dict(bound.arguments)

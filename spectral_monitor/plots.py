@@ -167,8 +167,9 @@ def plot_alpha_heatmap(
     bar.set_label("alpha (2 and 6 marked)")
     for level, color in ((OVER_TRAINED_BELOW, "black"), (UNDER_TRAINED_ABOVE, "#8172b2")):
         bar.ax.axhline(level, color=color, lw=2)
-    ticks = {OVER_TRAINED_BELOW, UNDER_TRAINED_ABOVE, *(float(t) for t in bar.get_ticks())}
-    bar.set_ticks(sorted(t for t in ticks if norm.vmin <= t <= norm.vmax))
+    marks = {OVER_TRAINED_BELOW, UNDER_TRAINED_ABOVE, *(float(t) for t in bar.get_ticks())}
+    lo, hi = float(norm.vmin or 0.0), float(norm.vmax or 0.0)  # set by the mesh by now
+    bar.set_ticks(sorted(t for t in marks if lo <= t <= hi))
     return fig
 
 

@@ -43,7 +43,7 @@ def test_lightning_cli_sees_plain_arguments() -> None:
         ["--monitor.every_n_steps", "5", "--monitor.stop_below", "2.0", "--monitor.layers", "net.*"]
     )
     assert config.monitor.every_n_steps == 5 and config.monitor.stop_below == 2.0
-    assert "analyse every this many optimizer steps" in parser.format_help()
+    assert "analyse every this many steps" in parser.format_help()
     monitor = parser.instantiate_classes(config).monitor
     assert isinstance(monitor, SpectralMonitor)
     assert monitor.tracker.stop_rule.threshold == 2.0
