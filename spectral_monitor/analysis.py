@@ -129,6 +129,7 @@ def _finish_row(
     row: LayerSpectrum, evals: np.ndarray, fit: PowerLawFit, config: AnalysisConfig
 ) -> LayerSpectrum:
     """The row with its spectrum, metrics, reliability and verdict."""
+    reason: str | None
     if not fit.ok:
         reason = f"no power-law fit: {fit.reason}"
     else:

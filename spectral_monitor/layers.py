@@ -305,14 +305,14 @@ def _swapped(weight: torch.Tensor) -> Callable[[], tuple[int, ...]]:
     return lambda: (weight.shape[1], weight.shape[0], *weight.shape[2:])
 
 
-def _gpt2_conv1d(name: str, module: nn.Module, lora: str) -> tuple[list[LayerSpec], bool]:
+def _gpt2_conv1d(name: str, module: Any, lora: str) -> tuple[list[LayerSpec], bool]:
     weight = module.weight
     return [
         _spec(name, "linear", [weight], _swapped(weight), _transpose01, "T", module=module)
     ], False
 
 
-def _conv(name: str, module: nn.Module, lora: str) -> tuple[list[LayerSpec], bool]:
+def _conv(name: str, module: Any, lora: str) -> tuple[list[LayerSpec], bool]:
     weight = module.weight
     kind = f"conv{len(module.kernel_size)}d"
     if isinstance(module, nn.modules.conv._ConvTransposeNd):
@@ -394,7 +394,7 @@ def _is_lora(module: nn.Module) -> bool:
     return all(hasattr(module, a) for a in ("base_layer", "lora_A", "lora_B", "scaling"))
 
 
-def _lora(name: str, module: nn.Module, lora: str) -> tuple[list[LayerSpec], bool]:
+def _lora(name: str, module: Any, lora: str) -> tuple[list[LayerSpec], bool]:
     """A LoRA layer under its base layer's name: W + Σ scale·B·A over the active adapters (a
     merged adapter is already in W), the adapters' Σ scale·B·A, or the frozen W."""
     base_specs, _ = _extract(name, module.base_layer, lora) or ([], False)
@@ -688,7 +688,7 @@ def _state_dict_specs(state_dict: Mapping[str, Any], lora: str) -> tuple[list[La
                 done_attention.add(owner)
                 prefix = f"{module}." if module else ""
                 inverse = {v: k for k, v in names.items()}
-                separate = [state_dict.get(inverse.get(f"{prefix}{w}")) for w in _MHA_SEPARATE]
+                separate = [state_dict.get(inverse.get(f"{prefix}{w}", "")) for w in _MHA_SEPARATE]
                 specs += _attention_specs(owner, None, separate, None)
                 used.update(k for k in (inverse.get(f"{prefix}{w}") for w in _MHA_SEPARATE) if k)
         elif _RNN_KEY.match(name) is not None:
