@@ -134,6 +134,8 @@ def normalize_kinds(value: str | Sequence[str] | None) -> tuple[str, ...] | None
         return None
     if value == "all":
         return (*KINDS, *_REGISTERED_KINDS)
+    if not isinstance(value, (str, Sequence, set, frozenset)):
+        raise ValueError(f"kinds must be a kind name, a list of them or 'all', got {value!r}")
     items = (value,) if isinstance(value, str) else tuple(value)
     known = (*KINDS, *_REGISTERED_KINDS)
     for item in items:

@@ -43,7 +43,8 @@ def logged_steps(log_dir: Path, prefix: str = "spectral") -> dict[str, list[int]
     events = read_events(log_dir)
     return {
         tag: scalar_steps(events, tag)
-        for tag in (f"{prefix}/alpha_mean", f"{prefix}/alpha/net.5", f"{prefix}/lambda_max/net.0")
+        # Per-layer tags: alpha_mean needs a reliable fit, which these small layers never have.
+        for tag in (f"{prefix}/alpha/net.5", f"{prefix}/lambda_max/net.0", f"{prefix}/num_reliable")
     }
 
 
@@ -138,7 +139,7 @@ def test_changed_interval_keeps_history_and_moves_to_the_new_grid(tmp_path) -> N
         )
     assert sum("every 15" in str(w.message) for w in record) == 1
     assert second.history.steps == [0, 20, 30, 45, 60]
-    assert logged_steps(tmp_path / "run" / "version_0")["spectral/alpha_mean"] == [
+    assert logged_steps(tmp_path / "run" / "version_0")["spectral/alpha/net.5"] == [
         0, 20, 30, 45, 60,
     ]  # fmt: skip
 
@@ -170,8 +171,9 @@ def test_final_weights_are_analysed_and_logged_at_the_final_step(tmp_path) -> No
     )
     assert monitor.history.steps[-1] == 55 and monitor.latest is not None
     assert monitor.latest.step == 55
-    assert monitor.latest.alpha_mean == pytest.approx(analyze(model, min_evals=5).alpha_mean)
-    assert logged_steps(tmp_path / "tb")["spectral/alpha_mean"] == monitor.history.steps
+    final = analyze(model, min_evals=5).layer("net.5")
+    assert monitor.latest.layer("net.5").alpha == pytest.approx(final.alpha)
+    assert logged_steps(tmp_path / "tb")["spectral/alpha/net.5"] == monitor.history.steps
     on_grid = SpectralMonitor(every_n_steps=20, min_evals=5, mode="sync")
     trainer(max_steps=40, callbacks=[on_grid]).fit(ConvNet(), image_loader())
     assert on_grid.history.steps == [0, 20, 40]  # nothing added when the grid ends there
@@ -190,8 +192,8 @@ def test_tracker_close_analyses_the_final_weights(tmp_path) -> None:
     tracker.close()
     assert tracker.history.steps == [1, 10, 20, 25]
     assert tracker.latest is not None and tracker.latest.step == 25
-    assert tracker.latest.alpha_mean == pytest.approx(analyze(model).alpha_mean)
-    assert scalar_steps(read_events(tmp_path / "tb"), "spectral/alpha_mean") == [1, 10, 20, 25]
+    assert tracker.latest.layer("0").alpha == pytest.approx(analyze(model).layer("0").alpha)
+    assert scalar_steps(read_events(tmp_path / "tb"), "spectral/alpha/0") == [1, 10, 20, 25]
     tracker.close()  # a second close adds nothing
     assert tracker.history.steps == [1, 10, 20, 25]
 
@@ -222,8 +224,15 @@ class TwoOptimizers(ConvNet):
 
 
 def test_manual_optimisation_with_two_optimizers_uses_one_step_axis(tmp_path) -> None:
+    # Reliability thresholds lowered so that these small layers give an alpha_mean to stop on.
     monitor = SpectralMonitor(
-        every_n_steps=10, min_evals=5, mode="sync", stop_below=100.0, start_step=20
+        every_n_steps=10,
+        min_evals=5,
+        min_tail=2,
+        max_relative_width=None,
+        mode="sync",
+        stop_below=100.0,
+        start_step=20,
     )
     run = trainer(max_steps=100, callbacks=[monitor], logger=TensorBoardLogger(tmp_path, name="tb"))
     run.fit(TwoOptimizers(), image_loader())
@@ -282,7 +291,7 @@ def test_sigkill_after_a_checkpoint_then_resume_in_a_new_process(tmp_path) -> No
             victim.kill()
     checkpoint = checkpoint_at(tmp_path / "ckpt", 20)
     before = read_events(tmp_path / "tb" / "version_0")
-    assert 25 in scalar_steps(before, "spectral/alpha_mean")  # logged after the checkpoint
+    assert 25 in scalar_steps(before, "spectral/alpha/net.5")  # logged after the checkpoint
     # The resumed run: another process (this one), the same log directory.
     spec = importlib.util.spec_from_file_location("kill_resume_run", KILL_SCRIPT)
     assert spec is not None and spec.loader is not None
