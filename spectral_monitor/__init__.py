@@ -14,9 +14,11 @@ from spectral_monitor.powerlaw_fit import (
     fit_power_law,
     fit_power_law_batched,
 )
+from spectral_monitor.prune_ratios import LayerSparsity, prune_ratios
 from spectral_monitor.report import LayerSpectrum, SpectralReport
 
 if TYPE_CHECKING:
+    from spectral_monitor.balancer import SpectralBalancer
     from spectral_monitor.callback import SpectralMonitor
     from spectral_monitor.spectral_analysis import SpectralAnalysis
     from spectral_monitor.tracker import SpectralTracker
@@ -26,9 +28,11 @@ __version__ = "0.1.0"
 __all__ = [
     "AnalysisConfig",
     "FitOptions",
+    "LayerSparsity",
     "LayerSpectrum",
     "PowerLawFit",
     "SpectralAnalysis",
+    "SpectralBalancer",
     "SpectralHistory",
     "SpectralMonitor",
     "SpectralReport",
@@ -37,6 +41,7 @@ __all__ = [
     "analyze",
     "fit_power_law",
     "fit_power_law_batched",
+    "prune_ratios",
     "register_layer",
 ]
 
@@ -45,6 +50,7 @@ __all__ = [
 # or `analyze()` do not pay for them.
 _LAZY = {
     "SpectralAnalysis": "spectral_monitor.spectral_analysis",
+    "SpectralBalancer": "spectral_monitor.balancer",
     "SpectralMonitor": "spectral_monitor.callback",
     "SpectralTracker": "spectral_monitor.tracker",
 }

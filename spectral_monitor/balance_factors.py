@@ -4,9 +4,11 @@ use to turn a layer's power-law exponent into a multiplier of its learning rate 
 Pure functions on ``{layer name: alpha}``. The callback that applies them is
 :class:`spectral_monitor.balancer.SpectralBalancer`.
 
-- ``linear`` (TempBalance, AlphaDecay, LLR): ``f_i = low + (high − low)(α_i − α_min)/(α_max − α_min)``
-  over the balanced alphas; all-equal alphas give 1.
-- ``sigmoid`` (Model Balancing): ``f_i = 10^(scale · (sigmoid(temperature · (α_i − mean α)) − 0.5))``.
+- ``linear`` (TempBalance, AlphaDecay, LLR):
+  ``f_i = low + (high − low)(α_i − α_min)/(α_max − α_min)`` over the balanced alphas; all-equal
+  alphas give 1.
+- ``sigmoid`` (Model Balancing):
+  ``f_i = 10^(scale · (sigmoid(temperature · (α_i − mean α)) − 0.5))``.
 
 Both grow with alpha: a layer whose spectrum is lighter-tailed (larger alpha, "less trained")
 gets the larger learning rate, or the larger weight decay.

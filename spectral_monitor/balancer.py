@@ -384,4 +384,3 @@ class SpectralBalancer(Callback):
         if key not in self._warned:
             self._warned.add(key)
             rank_zero_warn(message)
-

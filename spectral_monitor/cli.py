@@ -3,11 +3,14 @@
     spectral-monitor analyze PATH [--csv F] [--json F] [--plots DIR] [--conv slices]
                              [--kinds K ...] [--lora MODE] [--base PATH] ...
     spectral-monitor history LOGDIR [--csv F] [--prefix spectral] [--plot alpha.png]
+    spectral-monitor prune-ratios PATH --sparsity 0.7 [--epsilon 0.3] [--block] [--json F]
 
 ``analyze`` reads a Lightning ``.ckpt``, a ``torch.save``d state dict or module, or a
 safetensors file (recognised by content, whatever its name) and builds the per-layer table from
 the weights alone. ``history`` reads the TensorBoard events a run wrote and prints the alpha
 trajectories per layer, each step once (a run resumed into the same directory included).
+``prune-ratios`` prints AlphaPruning's per-layer sparsities for a target sparsity
+(:mod:`spectral_monitor.prune_ratios`).
 
 Exit codes: 0 success; 2 bad command line; 3 file or directory not found; 4 the file cannot be
 read as weights (or the directory holds no spectral events); 5 no analysable layer in the file;
@@ -304,6 +307,41 @@ def _cmd_analyze(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _cmd_prune_ratios(args: argparse.Namespace, out: TextIO) -> int:
+    import json
+
+    from spectral_monitor.prune_ratios import prune_ratios
+
+    config = AnalysisConfig.create(layers=args.layers, exclude=args.exclude)
+    state = load_weights(args.path, trust_pickle=args.trust_pickle)
+    report = analyze_snapshot(snapshot_state_dict(state, config), config)
+    if not report.fitted:
+        raise CLIError(f"{args.path}: no layer with a fitted alpha", EXIT_EMPTY)
+    rows = prune_ratios(report, args.sparsity, args.epsilon, args.block)
+    out.write(f"{'layer':<40} {'params':>10} {'alpha':>7} {'reliable':>8} {'sparsity':>8}\n")
+    for row in rows:
+        name = row.name if len(row.name) <= 40 else "…" + row.name[-39:]
+        out.write(
+            f"{name:<40} {row.num_params:>10} {row.alpha:>7.3f} {row.reliable!s:>8} "
+            f"{row.sparsity:>8.4f}\n"
+        )
+    total = sum(r.num_params for r in rows)
+    mean = sum(r.num_params * r.sparsity for r in rows) / total
+    out.write(f"parameter-weighted mean sparsity {mean:.4f} (target {args.sparsity})\n")
+    if args.json:
+        data = {
+            "sparsity": args.sparsity,
+            "epsilon": args.epsilon,
+            "block": args.block,
+            "layers": [
+                {**vars(r), "alpha": r.alpha if math.isfinite(r.alpha) else None} for r in rows
+            ],
+        }
+        _writing(args.json, lambda: Path(args.json).write_text(json.dumps(data, indent=2)))
+        out.write(f"wrote {args.json}\n")
+    return 0
+
+
 def read_history(logdir: str | Path, prefix: str = "spectral") -> dict[str, dict[str, list]]:
     """alpha and λmax trajectories from the TensorBoard events under ``logdir``.
 
@@ -506,6 +544,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="write the heatmap of alpha (layers x steps) as PNG; several runs: PATH_<run>.png",
     )
+    p = sub.add_parser("prune-ratios", help="AlphaPruning's per-layer sparsities")
+    p.add_argument("path", help=".ckpt, torch.save'd state dict or module, or .safetensors")
+    p.add_argument("--sparsity", type=float, required=True, help="target overall sparsity")
+    p.add_argument("--epsilon", type=float, default=0.3, help="spread of the ratios (0.3)")
+    p.add_argument("--block", action="store_true", help="use each block's mean alpha")
+    p.add_argument("--json", help="write the sparsities as JSON")
+    p.add_argument("--layers", nargs="+", metavar="GLOB", help="only layers matching these")
+    p.add_argument("--exclude", nargs="+", metavar="GLOB", help="drop layers matching these")
+    p.add_argument("--trust-pickle", action="store_true", help="allow full unpickling")
     return parser
 
 
@@ -516,6 +563,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     try:
         if args.command == "analyze":
             return _cmd_analyze(args, out)
+        if args.command == "prune-ratios":
+            return _cmd_prune_ratios(args, out)
         return _cmd_history(args, out)
     except CLIError as error:
         sys.stderr.write(f"spectral-monitor: error: {error}\n")
