@@ -173,10 +173,16 @@ class SpectralBalancer(Callback):
         return self._generate_state_key(target=self.target, monitor_prefix=self.monitor_prefix)
 
     @property
-    def groups(self) -> list[dict[str, Any]]:
-        """The balanced param groups (one per analysed layer, or per set of layers sharing a
-        parameter), across the Trainer's optimizers."""
-        return [g for opt in self._optimizers for g in opt.param_groups if LAYERS_KEY in g]
+    def groups(self) -> dict[str, dict[str, Any]]:
+        """The balanced param groups (one per analysed layer and user group, or per set of
+        layers sharing a parameter), by ``"<optimizer index>/<group index>"``: positions that a
+        checkpoint's optimizer state keeps, unlike the group dicts it replaces."""
+        return {
+            f"{i}/{j}": group
+            for i, opt in enumerate(self._optimizers)
+            for j, group in enumerate(opt.param_groups)
+            if LAYERS_KEY in group
+        }
 
     # --- hooks -------------------------------------------------------------------------------
 
@@ -211,8 +217,7 @@ class SpectralBalancer(Callback):
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # The optimizer state of a resumed run is in place now: it holds the applied values.
         restored = self._restored or {}
-        for group in self.groups:
-            key = group["name"]
+        for key, group in self.groups.items():
             if key in restored.get("base", {}):
                 self._base[key] = restored["base"][key]
                 self._applied[key] = restored["applied"][key]
@@ -320,26 +325,24 @@ class SpectralBalancer(Callback):
         return sum(self.factors.get(n, 1.0) for n in names) / len(names)
 
     def _apply(self) -> None:
-        for group in self.groups:
-            key = group["name"]
+        for key, group in self.groups.items():
             if key not in self._base:
                 continue
-            self._sync(group)
+            self._sync(key, group)
             value = self._base[key] * self._factor_of(group)
             group[self.target] = value
             self._applied[key] = value
 
-    def _sync(self, group: dict[str, Any]) -> None:
+    def _sync(self, key: str, group: dict[str, Any]) -> None:
         """A value that is not the one last written was set by someone else (a warm-up in
         ``optimizer_step``, a scheduler outside Lightning's loop): it is the new base."""
-        key = group["name"]
         if key in self._applied and group[self.target] != self._applied[key]:
             self._base[key] = group[self.target]
 
     def _before_step(self) -> None:
         if any(
-            g["name"] in self._applied and g[self.target] != self._applied[g["name"]]
-            for g in self.groups
+            key in self._applied and g[self.target] != self._applied[key]
+            for key, g in self.groups.items()
         ):
             self._apply()
 
@@ -353,18 +356,16 @@ class SpectralBalancer(Callback):
 
         def lr_scheduler_step(scheduler: Any, metric: Any) -> None:
             groups = self.groups
-            for group in groups:
-                key = group["name"]
+            for key, group in groups.items():
                 if key in self._base:
-                    self._sync(group)
+                    self._sync(key, group)
                     group[self.target] = self._base[key]
             try:
                 own(scheduler, metric)
             finally:
-                for group in groups:
-                    if group["name"] in self._base:
-                        self._base[group["name"]] = group[self.target]
-                        self._applied[group["name"]] = group[self.target]
+                for key, group in groups.items():
+                    if key in self._base:
+                        self._base[key] = self._applied[key] = group[self.target]
                 self._apply()
 
         pl_module.__dict__["lr_scheduler_step"] = lr_scheduler_step

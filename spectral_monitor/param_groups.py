@@ -9,9 +9,9 @@ A per-layer learning rate (or weight decay) needs the layer's parameters in a gr
 - each analysed layer's parameters (its weight, its bias, the BatchNorm/LayerNorm that follows
   it in ``named_modules()`` order, as TempBalance does) move to a new group **appended** after
   them, a copy of its parent's options (``lr``, ``momentum``, ``betas``, ``weight_decay``, the
-  ``initial_lr``/``max_lr`` entries schedulers put there...), named ``<layer>`` (or
-  ``<parent name>/<layer>``) for Lightning's ``LearningRateMonitor``, and tagged with
-  :data:`LAYERS_KEY`.
+  ``initial_lr``/``max_lr`` entries schedulers put there...), tagged with :data:`LAYERS_KEY` and
+  named for Lightning's ``LearningRateMonitor``: ``<layer>`` when the user has one group,
+  ``<parent name>/<layer>`` (``pg2/net.0`` for an unnamed second group) when several.
 
 LR schedulers keep per-group lists indexed like ``optimizer.param_groups`` (``base_lrs``,
 ``_last_lr``, ``LambdaLR.lr_lambdas``, ``CyclicLR.max_lrs``, ``ReduceLROnPlateau.min_lrs``...).
@@ -108,6 +108,7 @@ def split_param_groups(
     if any(LAYERS_KEY in group for group in groups):
         return []
     parents: list[int] = []
+    several = len(groups) > 1
     for index, group in enumerate(list(groups)):
         moved: dict[tuple[str, ...], list[torch.Tensor]] = {}
         rest = []
@@ -127,7 +128,9 @@ def split_param_groups(
             }
             label = ",".join(key)
             new["params"] = parameters
-            new["name"] = f"{group['name']}/{label}" if "name" in group else label
+            if "name" in group or several:
+                label = f"{group.get('name', f'pg{index + 1}')}/{label}"
+            new["name"] = label
             new[LAYERS_KEY] = list(key)
             groups.append(new)
             parents.append(index)
