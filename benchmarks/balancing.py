@@ -10,8 +10,10 @@ Protocol (fixed before any result was looked at):
 - Training: SGD, momentum 0.9, lr 0.05, weight decay 5e-4, batch 32, cosine annealing to 0 over
   the run (stepped every optimizer step), ``--epochs`` epochs (45 steps each).
 - Monitor, the same in all three arms (the uniform arm only watches): TempBalance's setting,
-  ``SpectralMonitor(every_n_steps=45 (one epoch), estimator="hill_median")``, default
-  reliability rules.
+  ``SpectralMonitor(every_n_steps=45 (one epoch), estimator="hill_median", mode="sync")``,
+  default reliability rules. ``mode="sync"`` so that a report reaches the balancer at the same
+  step in every run: with the worker thread, when it arrives depends on the machine's load and
+  the same seed gives different results.
 - Arms: ``uniform``; ``lr`` = ``SpectralBalancer(target="lr")`` (linear map onto [0.5, 1.5],
   first and last layers left out); ``wd`` = ``SpectralBalancer(target="weight_decay")``
   (linear map onto [0.667, 3]).
@@ -23,8 +25,8 @@ Protocol (fixed before any result was looked at):
 
 Modes:
 
-    python benchmarks/balancing.py --quick     # 3 seeds x 20 epochs: ~2 min on 2 busy cores
-    python benchmarks/balancing.py             # 10 seeds x 60 epochs: ~15 min on 2 busy cores
+    python benchmarks/balancing.py --quick     # 3 seeds x 20 epochs: ≤ 15 min on 2 busy cores
+    python benchmarks/balancing.py             # 10 seeds x 60 epochs: ~15 min on 2 idle cores
 """
 
 from __future__ import annotations
@@ -86,7 +88,7 @@ def run(arm: str, seed: int, epochs: int) -> dict[str, float]:
     L.seed_everything(seed, verbose=False)
     model = DigitsMLP(epochs * STEPS_PER_EPOCH)
     monitor = SpectralMonitor(
-        every_n_steps=STEPS_PER_EPOCH, estimator="hill_median", log_histograms=False
+        every_n_steps=STEPS_PER_EPOCH, estimator="hill_median", log_histograms=False, mode="sync"
     )
     callbacks: list[L.Callback] = [monitor]
     balancer = None

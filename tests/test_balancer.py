@@ -364,3 +364,25 @@ def test_groups_tag_layers_for_reuse() -> None:
     opt = torch.optim.Adam(model.parameters())
     split_param_groups(opt, {id(model.weight): ("w",)})
     assert opt.param_groups[1][LAYERS_KEY] == ["w"]
+
+
+@pytest.mark.slow
+def test_balancing_config_runs_through_lightning_cli(tmp_path, monkeypatch) -> None:
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("cli", root / "examples" / "lightning_cli.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.chdir(tmp_path)
+    cli = module.main(
+        ["fit", "--config", str(root / "configs" / "balancing.yaml"), "--trainer.max_steps", "3"]
+    )
+    balancer = next(c for c in cli.trainer.callbacks if isinstance(c, SpectralBalancer))
+    assert balancer.group == "block" and balancer.factors
+    groups = cli.trainer.optimizers[0].param_groups
+    names = {g["name"] for g in groups if LAYERS_KEY in g}
+    assert {"blocks.0.qkv", "blocks.1.fc2", "head"} <= names
+    for g in groups[1:]:
+        layer = g[LAYERS_KEY][0]
+        assert g["lr"] == pytest.approx(1e-3 * balancer.factors[layer])
