@@ -386,3 +386,19 @@ def test_balancing_config_runs_through_lightning_cli(tmp_path, monkeypatch) -> N
     for g in groups[1:]:
         layer = g[LAYERS_KEY][0]
         assert g["lr"] == pytest.approx(1e-3 * balancer.factors[layer])
+
+
+@pytest.mark.slow
+def test_lr_and_weight_decay_balancers_share_the_groups(tmp_path) -> None:
+    lr = SpectralBalancer(skip_first_last=False)
+    wd = SpectralBalancer(target="weight_decay", mapping="sigmoid", skip_first_last=False)
+    monitor = SpectralMonitor(every_n_steps=10, mode="sync", **TRUST_TINY)
+    t = trainer(max_steps=12, callbacks=[monitor, lr, wd])
+    t.fit(TwoGroupCosine(), random_label_loader())
+    groups = t.optimizers[0].param_groups
+    assert len(groups) == 8  # split once, not twice
+    for g in groups[2:5]:
+        (name,) = g[LAYERS_KEY]
+        assert g["lr"] == pytest.approx(_cosine(0.05, 12, 40) * lr.factors[name])
+        assert g["weight_decay"] == pytest.approx(1e-3 * wd.factors[name])
+    assert len(set(wd.factors.values())) == 3
