@@ -189,6 +189,10 @@ class SpectralBalancer(Callback):
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._monitor = self._find_monitor(trainer)
+        if self._restored is None:  # a new run (not a resume): factors start at 1
+            self.factors, self._start, self._goal = {}, {}, {}
+            self._report_step, self._ramp_from = None, 0
+            self._base, self._applied = {}, {}
         specs = select(pl_module, self._monitor.tracker.config).specs
         owners = layer_owners(pl_module, specs)
         self._optimizers = list(trainer.optimizers)
