@@ -129,6 +129,25 @@ def test_split_groups_follow_their_parents_schedule() -> None:
         expected = [g["lr"] for g in ref.param_groups]
         assert lrs == pytest.approx([*expected, *(expected[p] for p in parents)])
 
+    # Linear warm-up then cosine (SequentialLR: the inner schedulers are extended too).
+    opt, ref = (torch.optim.SGD(m.parameters(), lr=0.1) for m in (model, reference))
+    warm = [
+        torch.optim.lr_scheduler.SequentialLR(
+            o,
+            [
+                torch.optim.lr_scheduler.LinearLR(o, 0.1, total_iters=3),
+                torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=5),
+            ],
+            milestones=[3],
+        )
+        for o in (opt, ref)
+    ]
+    parents = split_param_groups(opt, owners)
+    extend_schedulers(warm[:1], 1, parents)
+    for _ in range(7):
+        opt.step(), ref.step(), warm[0].step(), warm[1].step()
+        assert [g["lr"] for g in opt.param_groups] == pytest.approx([ref.param_groups[0]["lr"]] * 3)
+
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     cycle = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.01, total_steps=10)
     parents = split_param_groups(opt, owners)
