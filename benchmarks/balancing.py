@@ -6,7 +6,7 @@ Protocol (fixed before any result was looked at):
 - Data: scikit-learn's ``load_digits`` (1,797 8×8 images, shipped in the package), one fixed
   split: 1,437 training and 360 test images (split seed 0), pixels / 16.
 - Model: an MLP 64 → 256 → 256 → 256 → 256 → 10 (ReLU), so that the hidden layers have 64–256
-  eigenvalues (reliable fits) and four layers lie between the first and the last.
+  eigenvalues (reliable fits) and three layers lie between the first and the last.
 - Training: SGD, momentum 0.9, lr 0.05, weight decay 5e-4, batch 32, cosine annealing to 0 over
   the run (stepped every optimizer step), ``--epochs`` epochs (45 steps each).
 - Monitor, the same in all three arms (the uniform arm only watches): TempBalance's setting,
@@ -26,7 +26,8 @@ Protocol (fixed before any result was looked at):
 Modes:
 
     python benchmarks/balancing.py --quick     # 3 seeds x 20 epochs: ≤ 15 min on 2 busy cores
-    python benchmarks/balancing.py             # 10 seeds x 60 epochs: ~15 min on 2 idle cores
+    python benchmarks/balancing.py             # 10 seeds x 60 epochs: ~10 min on 2 idle cores
+                                               # (estimated from short runs, not measured)
 """
 
 from __future__ import annotations
