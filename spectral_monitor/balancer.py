@@ -156,7 +156,7 @@ class SpectralBalancer(Callback):
         self._goal: dict[str, float] = {}  # factors the last report asks for
         self._ramp_from: int = 0  # optimizer step at which the ramp started
         self._report_step: int | None = None  # step of the report the goal comes from
-        self._base: dict[str, float] = {}  # per balanced group (by name): the user's value
+        self._base: dict[str, float] = {}  # per balanced group (see groups): the user's value
         self._applied: dict[str, float] = {}  # per balanced group: the value written into it
         self._restored: dict[str, Any] | None = None
         self._monitor: SpectralMonitor | None = None
