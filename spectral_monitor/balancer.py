@@ -275,7 +275,9 @@ class SpectralBalancer(Callback):
     # --- steps -------------------------------------------------------------------------------
 
     def _find_monitor(self, trainer: Trainer) -> SpectralMonitor:
-        monitors = [cb for cb in trainer.callbacks if isinstance(cb, SpectralMonitor)]
+        # Trainer.callbacks is set by Lightning's callback connector, not declared on the class.
+        callbacks: list[Callback] = getattr(trainer, "callbacks", [])
+        monitors = [cb for cb in callbacks if isinstance(cb, SpectralMonitor)]
         if self.monitor_prefix is not None:
             monitors = [m for m in monitors if m.tracker.prefix == self.monitor_prefix]
         if len(monitors) != 1:

@@ -111,7 +111,7 @@ def split_param_groups(
     several = len(groups) > 1
     for index, group in enumerate(list(groups)):
         moved: dict[tuple[str, ...], list[torch.Tensor]] = {}
-        rest = []
+        rest: list[torch.Tensor] = []
         for parameter in group["params"]:
             key = owners.get(id(parameter))
             (moved.setdefault(key, []) if key else rest).append(parameter)
