@@ -37,7 +37,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
 from spectral_monitor.balance_factors import GROUPS, MAPPINGS, layer_factors
-from spectral_monitor.callback import SpectralMonitor
+from spectral_monitor.callback import SpectralMonitor, _logging_step
 from spectral_monitor.param_groups import (
     LAYERS_KEY,
     extend_schedulers,
@@ -381,9 +381,10 @@ class SpectralBalancer(Callback):
             return
         tag = f"{self._monitor.tracker.prefix}/{_FACTOR_TAG[self.target]}"
         scalars = {f"{tag}/{name}": float(value) for name, value in self.factors.items()}
+        step = _logging_step(trainer, after_batch=False)  # the monitor's step axis
         for logger in trainer.loggers:
             try:
-                logger.log_metrics(scalars, step=trainer.global_step)
+                logger.log_metrics(scalars, step=step)
             except Exception as error:  # a logger's failure never stops training
                 self._warn_once("logger", f"SpectralBalancer: logging failed ({error!r}).")
 
