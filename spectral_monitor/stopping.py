@@ -150,6 +150,11 @@ class StopRule:
     def should_stop(self) -> bool:
         return self.consecutive >= self.patience
 
+    @property
+    def level(self) -> float:
+        """The value the signal is compared with now (NaN while not yet known)."""
+        return self.threshold
+
     def state_dict(self) -> dict[str, Any]:
         return {"consecutive": self.consecutive, "reason": self.reason, "stop_step": self.stop_step}
 
@@ -173,7 +178,7 @@ class ThresholdStopRule(StopRule):
     def _explain(self, reading: Reading) -> str:
         value = getattr(reading, self.on)
         return (
-            f"{self.on} = {value:.3f} < stop_below = {self.threshold} for {self.consecutive} "
+            f"{self.on} = {value:.4f} < stop_below = {self.threshold} for {self.consecutive} "
             f"consecutive analyses, the first of them {self.patience - 1} analyses before step "
             f"{reading.step}; lowest reliable layers at step {reading.step}: "
             f"{self._layers_text(reading.lowest())}"
@@ -234,6 +239,10 @@ class DropStopRule(StopRule):
             return False
         self.consecutive = self.consecutive + 1 if value < self.reference - self.margin else 0
         return True
+
+    @property
+    def level(self) -> float:
+        return self.reference - self.margin
 
     def _explain(self, reading: Reading) -> str:
         return (

@@ -41,7 +41,7 @@ from spectral_monitor.options import bind_options, with_options
 from spectral_monitor.report import SpectralReport
 from spectral_monitor.shard_plan import ShardPlan
 from spectral_monitor.snapshot import select
-from spectral_monitor.stopping import STOP_ON, ThresholdStopRule
+from spectral_monitor.stopping import ALPHA_HAT_REFUSAL, BOUNDS, STOP_ON, StopRule, make_stop_rule
 from spectral_monitor.tensorboard_sink import TensorBoardSink, draw_figures
 from spectral_monitor.worker import AnalysisWorker
 
@@ -90,6 +90,7 @@ class SpectralTracker:
         max_snapshot_bytes, prefix = options["max_snapshot_bytes"], options["prefix"]
         stop_below, stop_on = options["stop_below"], options["stop_on"]
         stop_patience, start_step = options["stop_patience"], options["start_step"]
+        stop_bound, stop_margin = options["stop_bound"], options["stop_margin"]
         log_dir, log_histograms = options["log_dir"], options["log_histograms"]
         histogram_every, log_figures_every = (
             options["histogram_every"],
@@ -109,8 +110,19 @@ class SpectralTracker:
             or not math.isfinite(stop_below)
         ):
             raise ValueError(f"stop_below must be a finite number or None, got {stop_below!r}")
+        if stop_on == "alpha_hat":
+            raise ValueError(ALPHA_HAT_REFUSAL)
         if stop_on not in STOP_ON:
             raise ValueError(f"stop_on must be one of {STOP_ON}, got {stop_on!r}")
+        if stop_bound not in BOUNDS:
+            raise ValueError(f"stop_bound must be one of {BOUNDS}, got {stop_bound!r}")
+        if (
+            isinstance(stop_margin, bool)
+            or not isinstance(stop_margin, (int, float))
+            or not math.isfinite(stop_margin)
+            or stop_margin < 0
+        ):
+            raise ValueError(f"stop_margin must be a finite number >= 0, got {stop_margin!r}")
         if not isinstance(log_histograms, bool):
             raise ValueError(f"log_histograms must be a bool, got {log_histograms!r}")
         if not isinstance(prefix, str) or not prefix or prefix.endswith("/"):
@@ -128,10 +140,12 @@ class SpectralTracker:
         self.histogram_every = histogram_every
         self.log_figures_every = log_figures_every
         self.log_dir = None if log_dir is None else os.fspath(log_dir)
-        self.stop_rule = (
+        self.stop_rule: StopRule | None = (
             None
             if stop_below is None
-            else ThresholdStopRule(float(stop_below), stop_on, stop_patience, start_step)
+            else make_stop_rule(
+                float(stop_below), stop_on, stop_patience, start_step, stop_bound, stop_margin
+            )
         )
         self.history = SpectralHistory()
         self.latest: SpectralReport | None = None
@@ -371,7 +385,9 @@ class SpectralTracker:
         ``analyses_skipped`` (back-pressure), ``analyses_failed``, ``snapshot_mb``."""
         out = report.scalars(self.prefix)
         if self.stop_rule is not None:
-            out[f"{self.prefix}/stop_threshold"] = self.stop_rule.threshold
+            level = self.stop_rule.level
+            if math.isfinite(level):
+                out[f"{self.prefix}/stop_threshold"] = level
         meta = f"{self.prefix}_meta"
         out[f"{meta}/analyses_skipped"] = float(self.num_skipped)
         out[f"{meta}/analyses_failed"] = float(self.num_failed)
@@ -415,6 +431,9 @@ class SpectralTracker:
         self._tensorboard.write_report(
             report, step, self.scalars(report), extras["histograms"], extras["text"]
         )
+        rule = self.stop_rule
+        if rule is not None and rule.reason is not None and rule.stop_step == report.step:
+            self._tensorboard.write_text("stop_reason", rule.reason, step)
         self._tensorboard.flush()
 
     def _write_images(self, step: int, images: dict[str, np.ndarray]) -> None:

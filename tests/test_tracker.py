@@ -78,7 +78,7 @@ def _report(step: int, alpha: float) -> SpectralReport:
 
 
 def test_stop_rule_needs_consecutive_analyses_after_start_step() -> None:
-    rule = ThresholdStopRule(2.0, "alpha_mean", patience=2, start_step=10)
+    rule = ThresholdStopRule(2.0, on="alpha_mean", patience=2, start_step=10)
     assert not rule.update(_report(0, 1.5))  # before start_step: ignored
     assert not rule.update(_report(10, 1.5))
     assert not rule.update(_report(20, 2.5))  # above: the count restarts
