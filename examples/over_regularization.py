@@ -2,7 +2,9 @@
 
 An MLP memorises random labels with SGD at a large learning rate (0.2, momentum 0.9) on batches
 of 4. Its layers' spectra grow heavy tails: mean alpha falls from ~6 at initialisation to under 2
-within about 100 steps, and the monitor's ``stop_below=2.0`` rule ends the run, saying why.
+within about 100 steps, and a threshold rule (``stop_below=2.0, stop_on="alpha_mean"``) ends the
+run, saying why. (The default rule, a fall of alpha_mean from its early level, is the one the stop
+study found safe on healthy runs; see README "Stopping".)
 
     python examples/over_regularization.py
 """
@@ -28,7 +30,13 @@ def main(argv: list[str] | None = None) -> SpectralMonitor:
     args = parser.parse_args(argv)
 
     L.seed_everything(args.seed, verbose=False)
-    monitor = SpectralMonitor(every_n_steps=10, stop_below=args.stop_below, stop_patience=2)
+    monitor = SpectralMonitor(
+        every_n_steps=10,
+        stop_below=args.stop_below,
+        stop_on="alpha_mean",  # the threshold rule, not the default drop rule
+        stop_patience=2,
+        start_step=0,
+    )
     trainer = L.Trainer(
         max_steps=args.max_steps,
         callbacks=[monitor],

@@ -47,11 +47,11 @@ def monitor_options(
     histogram_every: int = 1,
     log_figures_every: int | None = None,
     stop_below: float | None = None,
-    stop_on: str = "alpha_mean",
-    stop_patience: int = 1,
-    start_step: int = 0,
+    stop_on: str = "alpha_mean_drop",
+    stop_patience: int = 3,
+    start_step: int = 500,
     stop_bound: str = "alpha",
-    stop_margin: float = 0.5,
+    stop_margin: float = 1.0,
     mode: str = "auto",
     max_snapshot_bytes: int | None = None,
     prefix: str = "spectral",
@@ -91,22 +91,23 @@ def monitor_options(
             analyses.
         log_figures_every: log an ESD figure with the fitted power law per layer every this many
             analyses, and for the last one; None (default) never.
-        stop_below: stop training once ``stop_on`` stays below this for ``stop_patience``
-            consecutive analyses at or after ``start_step``; None (default) never. README
-            "Stopping" gives the rule the study (``benchmarks/stop_study.py``) found safe.
-        stop_on: what is compared with ``stop_below``, over reliable layers only:
-            ``"alpha_mean"`` (default), ``"alpha_min"`` (the lowest layer, any layer),
-            ``"layer"`` (one and the same layer for ``stop_patience`` analyses) or
-            ``"alpha_mean_drop"`` (alpha_mean below its minimum before ``start_step`` minus
-            ``stop_margin``; ``stop_below`` is then only the switch). ``"alpha_hat"`` is refused
-            with a ValueError: it depends on the eigenvalue scale, not on the spectrum's shape.
-        stop_patience: consecutive analyses under the threshold before stopping.
-        start_step: analyses before this step do not count for stopping (for
-            ``"alpha_mean_drop"``: they set the reference level).
+        stop_below: switches stopping on (None, the default: never stop). With the default
+            ``stop_on="alpha_mean_drop"`` its value is not used; with the other ``stop_on`` it is
+            the threshold. The defaults are the rule ``benchmarks/stop_study.py`` found never to
+            stop a healthy run (README "Stopping": absolute thresholds such as 2.0 do).
+        stop_on: the signal, over reliable layers only: ``"alpha_mean_drop"`` (default:
+            alpha_mean below its minimum before ``start_step`` minus ``stop_margin``),
+            ``"alpha_mean"`` or ``"alpha_min"`` below ``stop_below``, or ``"layer"`` (one and
+            the same layer below ``stop_below``). ``"alpha_hat"`` is refused with a ValueError:
+            it depends on the eigenvalue scale, not on the spectrum's shape.
+        stop_patience: consecutive analyses the signal must stay low before stopping (default 3).
+        start_step: analyses before this step do not count for stopping; for
+            ``"alpha_mean_drop"`` they set the reference level (default 500), which is also
+            logged as ``<prefix>/alpha_mean_drop`` (reference minus alpha_mean) after it.
         stop_bound: with ``stop_on="layer"``: compare the layer's ``"alpha"`` (default) or
             ``"alpha_hi"``, the upper end of its interval (the whole interval must be below).
-        stop_margin: with ``stop_on="alpha_mean_drop"``: how far (in alpha) alpha_mean must fall
-            below its level before ``start_step`` (default 0.5).
+        stop_margin: with ``"alpha_mean_drop"``: how far alpha_mean must fall below its
+            reference level (default 1.0).
         mode: ``"auto"``/``"thread"``: analyses on a worker thread (on CUDA on a side stream);
             ``"sync"``: inline, for debugging and for CUDA-graph capture.
         max_snapshot_bytes: budget for one snapshot's weight copies (float32; bf16/fp16 weights

@@ -41,7 +41,14 @@ from spectral_monitor.options import bind_options, with_options
 from spectral_monitor.report import SpectralReport
 from spectral_monitor.shard_plan import ShardPlan
 from spectral_monitor.snapshot import select
-from spectral_monitor.stopping import ALPHA_HAT_REFUSAL, BOUNDS, STOP_ON, StopRule, make_stop_rule
+from spectral_monitor.stopping import (
+    ALPHA_HAT_REFUSAL,
+    BOUNDS,
+    STOP_ON,
+    DropStopRule,
+    StopRule,
+    make_stop_rule,
+)
 from spectral_monitor.tensorboard_sink import TensorBoardSink, draw_figures
 from spectral_monitor.worker import AnalysisWorker
 
@@ -140,13 +147,19 @@ class SpectralTracker:
         self.histogram_every = histogram_every
         self.log_figures_every = log_figures_every
         self.log_dir = None if log_dir is None else os.fspath(log_dir)
-        self.stop_rule: StopRule | None = (
-            None
-            if stop_below is None
-            else make_stop_rule(
-                float(stop_below), stop_on, stop_patience, start_step, stop_bound, stop_margin
+        #: The fall of alpha_mean from its level before start_step, logged whatever the rule
+        #: (so Lightning's EarlyStopping can watch it); the stop rule itself with the default
+        #: stop_on, so that one object holds the reference.
+        self.drop = DropStopRule(math.nan, stop_patience, start_step, margin=float(stop_margin))
+        self.stop_rule: StopRule | None = None
+        if stop_below is not None:
+            self.stop_rule = (
+                self.drop
+                if stop_on == "alpha_mean_drop"
+                else make_stop_rule(
+                    float(stop_below), stop_on, stop_patience, start_step, stop_bound
+                )
             )
-        )
         self.history = SpectralHistory()
         self.latest: SpectralReport | None = None
         self.sinks: list[ReportSink] = []
@@ -302,7 +315,8 @@ class SpectralTracker:
                 continue
             self.num_analyses += 1
             self.latest = report
-            if self.stop_rule is not None:
+            self.drop.update(report)
+            if self.stop_rule is not None and self.stop_rule is not self.drop:
                 self.stop_rule.update(report)
             extras = self.extras_due()
             for sink in self.sinks:
@@ -384,6 +398,10 @@ class SpectralTracker:
         when a stop rule is set, and this tracker's counters under ``<prefix>_meta/``:
         ``analyses_skipped`` (back-pressure), ``analyses_failed``, ``snapshot_mb``."""
         out = report.scalars(self.prefix)
+        reference, mean = self.drop.reference, float(report.aggregates["alpha_mean"])
+        after = report.step is not None and report.step >= self.drop.start_step
+        if after and math.isfinite(reference) and math.isfinite(mean):
+            out[f"{self.prefix}/alpha_mean_drop"] = reference - mean
         if self.stop_rule is not None:
             level = self.stop_rule.level
             if math.isfinite(level):
@@ -483,6 +501,7 @@ class SpectralTracker:
         self._step = None
         self._drawn = {"esd": None, "heatmap": None}
         self._warned_left_out = False
+        self.drop.load_state_dict({})
         if self.stop_rule is not None:
             self.stop_rule.load_state_dict({})
 
@@ -499,6 +518,7 @@ class SpectralTracker:
             "num_skipped": self.num_skipped,
             "num_failed": self.num_failed,
             "stop_rule": None if self.stop_rule is None else self.stop_rule.state_dict(),
+            "drop": self.drop.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -517,6 +537,8 @@ class SpectralTracker:
         self.num_analyses = int(state.get("num_analyses", len(self.history)))
         self.num_skipped = int(state.get("num_skipped", 0))
         self.num_failed = int(state.get("num_failed", 0))
+        if state.get("drop") is not None:
+            self.drop.load_state_dict(state["drop"])
         if self.stop_rule is not None and state.get("stop_rule") is not None:
             self.stop_rule.load_state_dict(state["stop_rule"])
         self._restored = True

@@ -107,7 +107,9 @@ def test_gradient_accumulation_counts_optimizer_steps(tmp_path) -> None:
 @pytest.mark.slow
 def test_stop_below_stops_an_over_regularising_run() -> None:
     torch.manual_seed(0)
-    monitor = SpectralMonitor(every_n_steps=10, stop_below=2.0, stop_patience=2)
+    monitor = SpectralMonitor(
+        every_n_steps=10, stop_below=2.0, stop_on="alpha_mean", stop_patience=2, start_step=0
+    )
     run = trainer(max_steps=400, callbacks=[monitor])
     run.fit(RandomLabelMLP(lr=0.2), random_label_loader())
     assert run.global_step < 400
@@ -143,7 +145,7 @@ def test_lightning_early_stopping_on_alpha_mean() -> None:
 @pytest.mark.slow
 def test_run_above_threshold_is_not_stopped() -> None:
     torch.manual_seed(0)
-    monitor = SpectralMonitor(every_n_steps=10, stop_below=2.0)
+    monitor = SpectralMonitor(every_n_steps=10, stop_below=2.0, stop_on="alpha_mean", start_step=0)
     run = trainer(max_steps=80, callbacks=[monitor])
     run.fit(RandomLabelMLP(lr=0.005), random_label_loader())
     assert run.global_step == 80

@@ -4,8 +4,17 @@
 from __future__ import annotations
 
 import math
+import sys
+from typing import Any
 
+import lightning as L
 import pytest
+import torch
+from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning_helpers import RandomLabelMLP, random_label_loader, read_events, trainer
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from spectral_monitor import SpectralMonitor, SpectralTracker
 from spectral_monitor.stopping import (
@@ -69,7 +78,7 @@ def test_threshold_rule_names_the_lowest_layers() -> None:
 
 
 def test_alpha_hat_is_refused_with_the_reason() -> None:
-    with pytest.raises(ValueError, match="stop_on='alpha_hat' is refused: .*eigenvalue scale"):
+    with pytest.raises(ValueError, match=r"stop_on='alpha_hat' is refused: .*eigenvalue scale"):
         SpectralMonitor(stop_below=0.0, stop_on="alpha_hat")
 
 
@@ -85,3 +94,107 @@ def test_alpha_hat_is_refused_with_the_reason() -> None:
 def test_stop_arguments_are_validated(kwargs: dict, name: str) -> None:
     with pytest.raises(ValueError, match=name):
         SpectralTracker(stop_below=2.0, **kwargs)
+
+
+# --- real runs ----------------------------------------------------------------------------------
+
+
+class DigitsMLP(L.LightningModule):
+    """MLP 64-256-256-10 on scikit-learn digits (the issue's small-head healthy run, where the
+    10-eigenvalue head once flipped alpha_mean under 2), optionally on random labels."""
+
+    def __init__(self, lr: float = 3e-3, sgd: bool = False) -> None:
+        super().__init__()
+        self.lr, self.sgd = lr, sgd
+        self.net = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(64, 256),
+            nn.ReLU(),
+            nn.Linear(256, 256),
+            nn.ReLU(),
+            nn.Linear(256, 10),
+        )
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return nn.functional.cross_entropy(self.net(x), y)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        if self.sgd:
+            return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
+        return torch.optim.Adam(self.parameters(), lr=self.lr)
+
+
+def digits_loader(batch_size: int, random_labels: bool = False, seed: int = 0) -> DataLoader:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.data, dtype=torch.float32) / 16.0
+    y = torch.tensor(d.target, dtype=torch.long)
+    g = torch.Generator().manual_seed(seed)
+    if random_labels:
+        y = torch.randint(0, 10, y.shape, generator=g)
+    return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True, generator=g)
+
+
+def readme_early_stopping() -> EarlyStopping:
+    """README "Stopping": Lightning's EarlyStopping on the fall of alpha_mean."""
+    return EarlyStopping(
+        monitor="spectral/alpha_mean_drop",  # reference (before start_step) minus alpha_mean
+        mode="min",
+        divergence_threshold=1.0,  # stop once alpha_mean fell more than 1.0
+        patience=sys.maxsize,  # never stop because the value stopped "improving"
+        check_finite=False,
+        strict=False,  # the scalar exists only after start_step, with a reliable layer
+        check_on_train_epoch_end=True,
+    )
+
+
+@pytest.mark.slow
+def test_healthy_small_head_run_is_stopped_neither_by_the_rule_nor_the_recipe() -> None:
+    torch.manual_seed(0)
+    monitor = SpectralMonitor(every_n_steps=50, stop_below=2.0)  # the shipped rule
+    stopper = readme_early_stopping()
+    run = trainer(max_steps=1000, callbacks=[stopper, monitor])
+    run.fit(DigitsMLP(), digits_loader(batch_size=32))
+    assert run.global_step == 1000 and stopper.stopped_epoch == 0
+    assert monitor.stopped_step is None and monitor.stop_reason is None
+    # The run is one where the old rule cried wolf: alpha_mean went under 2 (the 10-eigenvalue
+    # head is unreliable and no longer in the mean; the hidden layers themselves go there).
+    history = monitor.history.aggregates
+    assert min(a for a in history["alpha_mean"] if math.isfinite(a)) < 2.0
+    old = ThresholdStopRule(2.0, patience=1, on="alpha_mean")
+    fired = [old.update(r) for r in _readings(monitor)]
+    assert any(fired)
+    assert "spectral/alpha_mean_drop" in run.callback_metrics
+
+
+def _readings(monitor: SpectralMonitor) -> list[Reading]:
+    """The history as readings (aggregates only)."""
+    agg = monitor.history.aggregates
+    return [
+        Reading(int(s), m, lo)
+        for s, m, lo in zip(agg["step"], agg["alpha_mean"], agg["alpha_min"], strict=True)
+    ]
+
+
+@pytest.mark.slow
+def test_random_label_run_is_stopped_and_the_reason_names_the_layers(tmp_path) -> None:
+    torch.manual_seed(0)
+    monitor = SpectralMonitor(
+        every_n_steps=10, stop_below=2.0, stop_on="layer", stop_patience=3, start_step=0
+    )
+    logger = TensorBoardLogger(str(tmp_path), name="run")
+    run = trainer(max_steps=400, callbacks=[monitor], logger=logger)
+    run.fit(RandomLabelMLP(lr=0.2), random_label_loader())
+    assert run.global_step < 400 and monitor.stopped_step == run.global_step
+    reason = monitor.stop_reason
+    assert reason is not None and "for 3 consecutive analyses up to step" in reason
+    latest = {la.name: la for la in monitor.latest.reliable}
+    named = [name for name in latest if f"{name} alpha " in reason]
+    assert named, reason
+    la = latest[named[0]]
+    assert f"{la.alpha:.3f} [{la.alpha_lo:.3f}, {la.alpha_hi:.3f}]" in reason
+    assert la.alpha < 2.0
+    texts = read_events(logger.log_dir).Tensors("spectral/stop_reason/text_summary")
+    assert reason in texts[-1].tensor_proto.string_val[0].decode()

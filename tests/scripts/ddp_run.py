@@ -94,7 +94,12 @@ def main() -> None:
     if args.strategy == "fsdp2":
         strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
     monitor = SpectralMonitor(
-        every_n_steps=10, **TRUST_TINY, stop_below=args.stop_below, stop_patience=2
+        every_n_steps=10,
+        **TRUST_TINY,
+        stop_below=args.stop_below,
+        stop_on="alpha_mean",
+        stop_patience=2,
+        start_step=0,
     )
     trainer = L.Trainer(
         accelerator="cpu",
