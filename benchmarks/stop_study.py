@@ -34,6 +34,13 @@ aggregates); ``mean_p3``, ``mean_p5``: alpha_mean < 2 for 3 / 5 consecutive anal
 ``EarlyStopping(monitor="val_loss", patience=5)`` replayed on the same checks (``es_val_loss``).
 Rules with a start step use 500 (``start_step``); the others count from step 0.
 
+Added after the first results, to check README recipes (not candidates for the default): the
+README's old ``EarlyStopping(monitor="spectral/alpha_mean", mode="max",
+divergence_threshold=2.0)`` with its default patience 3 (``es_old_recipe``), and the new recipe,
+``EarlyStopping(monitor="spectral/alpha_mean_drop", mode="min", divergence_threshold=1.0,
+patience=sys.maxsize)`` (``es_drop_recipe``), both replayed at every analysis (Lightning checks
+at epoch ends, which are fewer).
+
 Selection: a rule qualifies only with **zero stops on healthy runs**. Among qualifying alpha
 rules, the winner stops the most over-regularising runs; ties go to the smallest median accuracy
 lost at the stop (peak validation accuracy minus accuracy at the stop step; a run that is not
@@ -49,6 +56,7 @@ the rule with the fewest healthy stops named as the safest.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import statistics
@@ -74,6 +82,8 @@ from spectral_monitor.stopping import (
 )
 
 CHECK_EVERY = 50
+#: Replayed for comparison, never candidates for the default.
+COMPARISONS = ("es_val_loss", "es_old_recipe", "es_drop_recipe")
 START_STEP = 500
 ROOT = Path(__file__).resolve().parent.parent
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -142,7 +152,7 @@ def corrupt(y: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
 
 def mlp(*widths: int) -> nn.Module:
     layers: list[nn.Module] = []
-    for a, b in zip(widths[:-1], widths[1:], strict=True):
+    for a, b in itertools.pairwise(widths):
         layers += [nn.Linear(a, b), nn.ReLU()]
     return nn.Sequential(*layers[:-1])
 
@@ -236,7 +246,13 @@ def configs() -> list[Config]:
         Config("lr20x_sgd", "overreg", digits, lambda: mlp(64, 512, 512, 10), "sgd", 1.0, 3000),
         Config("lr17x_adam", "overreg", digits, lambda: mlp(64, 256, 256, 10), "adam", 0.05, 3000),
         Config(
-            "wd0_long_b8", "overreg", digits, lambda: mlp(64, 256, 256, 10), "adam", 3e-3, 6000,
+            "wd0_long_b8",
+            "overreg",
+            digits,
+            lambda: mlp(64, 256, 256, 10),
+            "adam",
+            3e-3,
+            6000,
             batch=8,
         ),
     ]
@@ -268,8 +284,7 @@ def reading_record(model: nn.Module, step: int) -> dict[str, Any]:
         "alpha_min": float(agg["alpha_min"]),
         "num_reliable": int(agg["num_reliable"]),
         "layers": [
-            [la.name, la.alpha, la.alpha_lo, la.alpha_hi, bool(la.reliable)]
-            for la in report.fitted
+            [la.name, la.alpha, la.alpha_lo, la.alpha_hi, bool(la.reliable)] for la in report.fitted
         ],
     }
 
@@ -280,7 +295,9 @@ def train(config: Config, seed: int, steps: int) -> dict[str, Any] | None:
         return None
     torch.manual_seed(seed)
     model = config.model()
-    y_train = corrupt(data.y_train, config.label_noise, seed) if config.label_noise else data.y_train
+    y_train = data.y_train
+    if config.label_noise:
+        y_train = corrupt(data.y_train, config.label_noise, seed)
     params = model.parameters()
     if config.optimizer == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(
@@ -366,6 +383,33 @@ def replay_early_stopping(checks: list[dict[str, Any]], patience: int = 5) -> in
     return None
 
 
+def replay_es_on_alpha(checks: list[dict[str, Any]], drop: bool) -> int | None:
+    """Lightning's EarlyStopping on a spectral scalar, at every analysis; an analysis without the
+    scalar (no reliable layer; before start_step for the drop) is a missing metric (strict=False).
+    ``drop``: the new recipe (alpha_mean_drop > 1.0); else the old one (alpha_mean, mode="max",
+    divergence_threshold=2.0, patience=3)."""
+    best, wait, reference = -math.inf, 0, math.inf
+    for check in checks:
+        value = check["alpha_mean"]
+        if math.isnan(value):
+            continue
+        if drop:
+            if check["step"] < START_STEP:
+                reference = min(reference, value)
+            elif math.isfinite(reference) and reference - value > 1.0:
+                return int(check["step"])
+            continue
+        if value < 2.0:
+            return int(check["step"])
+        if value > best:
+            best, wait = value, 0
+        else:
+            wait += 1
+            if wait >= 3:
+                return int(check["step"])
+    return None
+
+
 def evaluate_run(run: dict[str, Any]) -> dict[str, Any]:
     checks = run["checks"]
     accs = [c["val_acc"] for c in checks]
@@ -373,6 +417,8 @@ def evaluate_run(run: dict[str, Any]) -> dict[str, Any]:
     by_step = {c["step"]: c["val_acc"] for c in checks}
     stops = {name: replay(make(), checks) for name, make in candidate_rules().items()}
     stops["es_val_loss"] = replay_early_stopping(checks)
+    stops["es_old_recipe"] = replay_es_on_alpha(checks, drop=False)
+    stops["es_drop_recipe"] = replay_es_on_alpha(checks, drop=True)
     return {
         "config": run["config"],
         "group": run["group"],
@@ -387,7 +433,7 @@ def evaluate_run(run: dict[str, Any]) -> dict[str, Any]:
 
 def summarise(evals: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     summary = {}
-    for rule in [*candidate_rules(), "es_val_loss"]:
+    for rule in [*candidate_rules(), *COMPARISONS]:
         healthy = [e for e in evals if e["group"] == "healthy"]
         over = [e for e in evals if e["group"] == "overreg"]
         stopped_over = [e for e in over if e["stops"][rule] is not None]
@@ -406,7 +452,7 @@ def summarise(evals: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def winner(summary: dict[str, dict[str, Any]]) -> tuple[str | None, str]:
-    alpha_rules = [r for r in summary if r != "es_val_loss"]
+    alpha_rules = [r for r in summary if r not in COMPARISONS]
     qualifying = [r for r in alpha_rules if summary[r]["healthy_stops"] == 0]
     if not qualifying:
         safest = min(alpha_rules, key=lambda r: summary[r]["healthy_stops"])
@@ -449,7 +495,7 @@ def tables(evals: list[dict[str, Any]], summary: dict[str, dict[str, Any]]) -> s
             f"{s['over_runs']} | {fmt(s['median_lost'])} | {fmt(s['median_delay'])} | "
             f"{s['before_peak']} |"
         )
-    lines += ["", "Per run: validation peak (step, accuracy), final accuracy, stop step of each rule:", ""]
+    lines += ["", "Per run: validation peak (step, accuracy), final accuracy, stop steps:", ""]
     lines.append("| run | group | peak | final | " + " | ".join(f"`{r}`" for r in rules) + " |")
     lines.append("|---" * (4 + len(rules)) + "|")
     for e in evals:

@@ -48,8 +48,9 @@ class SpectralMonitor(Callback):
     "TensorBoard" lists every tag. TensorBoard also gets a custom-scalars layout (all layers on one
     chart), histograms of log10 λ per layer, a heatmap of alpha over layers and steps, optional ESD
     figures with the fit (figures are drawn on the worker thread), and a table of verdicts. The
-    scalars go into ``trainer.callback_metrics`` on every rank, so
-    ``EarlyStopping(monitor="spectral/alpha_mean", mode="max", ...)`` works.
+    scalars go into ``trainer.callback_metrics`` on every rank, so Lightning's ``EarlyStopping``
+    can watch them (README "Stopping": a recipe that does not stop healthy runs, and why
+    ``mode="max"`` with patience on ``alpha_mean`` does).
 
     Steps are Lightning's logging steps (batches that stepped the optimizer), the step axis of
     the loss curves. The final weights are analysed at the end of ``fit`` when the last scheduled
