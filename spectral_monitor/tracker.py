@@ -150,7 +150,8 @@ class SpectralTracker:
         #: The fall of alpha_mean from its level before start_step, logged whatever the rule
         #: (so Lightning's EarlyStopping can watch it); the stop rule itself with the default
         #: stop_on, so that one object holds the reference.
-        self.drop = DropStopRule(math.nan, stop_patience, start_step, margin=float(stop_margin))
+        switch = math.nan if stop_below is None else float(stop_below)  # unused by the drop
+        self.drop = DropStopRule(switch, stop_patience, start_step, margin=float(stop_margin))
         self.stop_rule: StopRule | None = None
         if stop_below is not None:
             self.stop_rule = (
