@@ -395,8 +395,10 @@ class SpectralTracker:
         }
 
     def scalars(self, report: SpectralReport) -> dict[str, float]:
-        """The report's scalars (:meth:`SpectralReport.scalars`), ``<prefix>/stop_threshold``
-        when a stop rule is set, and this tracker's counters under ``<prefix>_meta/``:
+        """The report's scalars (:meth:`SpectralReport.scalars`); ``<prefix>/alpha_mean_drop``
+        (alpha_mean's minimum before ``start_step`` minus alpha_mean) from ``start_step`` on;
+        ``<prefix>/stop_threshold``, the stop rule's level, when a stop rule is set (for the drop
+        rule, once its reference is known); and this tracker's counters under ``<prefix>_meta/``:
         ``analyses_skipped`` (back-pressure), ``analyses_failed``, ``snapshot_mb``."""
         out = report.scalars(self.prefix)
         reference, mean = self.drop.reference, float(report.aggregates["alpha_mean"])
