@@ -48,9 +48,10 @@ stopped counts its final accuracy), then to the smallest median delay after the 
 rule qualifies, the README says so and the default stays "no stop" (``stop_below=None``), with
 the rule with the fewest healthy stops named as the safest.
 
-    python benchmarks/stop_study.py --quick   # <= 15 min on 2 loaded cores
-    python benchmarks/stop_study.py           # full study
-    python benchmarks/stop_study.py --replay stop_study.json   # table + figure from records
+    python benchmarks/stop_study.py --quick   # <= 15 min on 2 loaded cores -> *_quick.*
+    python benchmarks/stop_study.py           # full study -> benchmarks/stop_study.{json,md},
+                                              #               docs/stop_study.png
+    python benchmarks/stop_study.py --replay benchmarks/stop_study.json  # table + figure again
 """
 
 from __future__ import annotations
@@ -543,12 +544,21 @@ def figure(runs: list[dict[str, Any]], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="reduced set (<= 15 min)")
-    parser.add_argument("--out", default="stop_study.json", help="raw per-run records")
+    parser.add_argument("--out", help="raw per-run records (JSON)")
     parser.add_argument("--replay", help="skip training; table and figure from this JSON")
-    parser.add_argument("--markdown", default="stop_study.md", help="table output")
-    parser.add_argument("--figure", default=str(ROOT / "docs" / "stop_study.png"))
+    parser.add_argument("--markdown", help="table output")
+    parser.add_argument("--figure", help="figure output (PNG)")
     parser.add_argument("--only", help="train only configurations whose name contains this")
     args = parser.parse_args(argv)
+    # The full study writes the files README shows; --quick writes beside them, never over them.
+    if args.quick:
+        stem = ROOT / "benchmarks" / "stop_study_quick"
+        figure_path = stem.with_suffix(".png")
+    else:
+        stem, figure_path = ROOT / "benchmarks" / "stop_study", ROOT / "docs" / "stop_study.png"
+    args.out = args.out or str(stem.with_suffix(".json"))
+    args.markdown = args.markdown or str(stem.with_suffix(".md"))
+    args.figure = args.figure or str(figure_path)
     torch.set_num_threads(1)
     if args.replay:
         runs = json.loads(Path(args.replay).read_text())["runs"]
