@@ -90,7 +90,12 @@ def two_monitor_run(tmp_path_factory) -> tuple[Path, SpectralMonitor, SpectralMo
     root = tmp_path_factory.mktemp("tb")
     torch.manual_seed(0)
     first = SpectralMonitor(
-        every_n_steps=10, mode="sync", stop_below=1.0, log_figures_every=100, **TRUST_TINY
+        every_n_steps=10,
+        mode="sync",
+        stop_below=1.0,
+        stop_on="alpha_mean",  # a fixed threshold: a flat line at 1.0
+        log_figures_every=100,
+        **TRUST_TINY,
     )
     second = SpectralMonitor(
         every_n_steps=10, mode="sync", normalize=False, prefix="raw", **TRUST_TINY
