@@ -179,8 +179,7 @@ class ThresholdStopRule(StopRule):
         value = getattr(reading, self.on)
         return (
             f"{self.on} = {value:.4f} < stop_below = {self.threshold} for {self.consecutive} "
-            f"consecutive analyses, the first of them {self.patience - 1} analyses before step "
-            f"{reading.step}; lowest reliable layers at step {reading.step}: "
+            f"consecutive analyses (last at step {reading.step}); lowest reliable layers: "
             f"{self._layers_text(reading.lowest())}"
         )
 

@@ -232,6 +232,8 @@ def test_manual_optimisation_with_two_optimizers_uses_one_step_axis(tmp_path) ->
         max_relative_width=None,
         mode="sync",
         stop_below=100.0,
+        stop_on="alpha_mean",
+        stop_patience=1,
         start_step=20,
     )
     run = trainer(max_steps=100, callbacks=[monitor], logger=TensorBoardLogger(tmp_path, name="tb"))
