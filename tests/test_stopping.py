@@ -190,11 +190,17 @@ def test_random_label_run_is_stopped_and_the_reason_names_the_layers(tmp_path) -
     assert run.global_step < 400 and monitor.stopped_step == run.global_step
     reason = monitor.stop_reason
     assert reason is not None and "for 3 consecutive analyses up to step" in reason
-    latest = {la.name: la for la in monitor.latest.reliable}
-    named = [name for name in latest if f"{name} alpha " in reason]
+    # The layers named are those of the deciding analysis (later ones may follow before the
+    # run ends), with their alpha and interval at that step, each below the threshold.
+    step = monitor.tracker.stop_rule.stop_step
+    assert f"up to step {step}:" in reason
+    named = [name for name in monitor.history.layers if f"{name} alpha " in reason]
     assert named, reason
-    la = latest[named[0]]
-    assert f"{la.alpha:.3f} [{la.alpha_lo:.3f}, {la.alpha_hi:.3f}]" in reason
-    assert la.alpha < 2.0
+    for name in named:
+        track = monitor.history.layers[name]
+        i = [int(s) for s in track["step"]].index(step)
+        alpha, lo, hi = track["alpha"][i], track["alpha_lo"][i], track["alpha_hi"][i]
+        assert f"{name} alpha {alpha:.3f} [{lo:.3f}, {hi:.3f}]" in reason
+        assert alpha < 2.0 and track["reliable"][i] == 1.0
     texts = read_events(logger.log_dir).Tensors("spectral/stop_reason/text_summary")
     assert reason in texts[-1].tensor_proto.string_val[0].decode()
