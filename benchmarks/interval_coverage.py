@@ -7,9 +7,9 @@ A seed covers when alpha_lo <= alpha <= alpha_hi. The 90% interval should cover 
 seeds. Also printed: the median width of the interval and the median time of one fit with its
 interval (one thread), i.e. the cost of ``interval="bootstrap"`` against ``"analytic"``.
 
-    python benchmarks/interval_coverage.py            # the README table (about 2 h on a loaded
-                                                      # 2-core machine: the bootstrap at n_tail 5000)
-    python benchmarks/interval_coverage.py --quick    # a reduced grid (a few minutes)
+    python benchmarks/interval_coverage.py          # the README table (about 2 h on a
+                                                    # loaded 2-core machine: n_tail 5000)
+    python benchmarks/interval_coverage.py --quick  # a reduced grid (a few minutes)
 """
 
 from __future__ import annotations
