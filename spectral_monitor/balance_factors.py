@@ -21,6 +21,7 @@ import math
 from collections.abc import Mapping, Sequence
 
 from spectral_monitor.report import SpectralReport
+from spectral_monitor.validation import check_choice
 
 __all__ = [
     "GROUPS",
@@ -119,10 +120,8 @@ def layer_factors(
     Returns:
         ``{layer name: factor}`` for every layer in the report, in report order.
     """
-    if mapping not in MAPPINGS:
-        raise ValueError(f"mapping must be one of {MAPPINGS}, got {mapping!r}")
-    if group not in GROUPS:
-        raise ValueError(f"group must be one of {GROUPS}, got {group!r}")
+    check_choice("mapping", mapping, MAPPINGS)
+    check_choice("group", group, GROUPS)
     alphas = balanced_alphas(report, exclude, skip_first_last)
     keys = {name: (block_of(name) if group == "block" else name) for name in alphas}
     members: dict[str, list[float]] = {}

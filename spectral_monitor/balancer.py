@@ -26,7 +26,6 @@ How the value reaches the optimizer (README "Acting on alpha"):
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -45,6 +44,7 @@ from spectral_monitor.param_groups import (
     split_param_groups,
 )
 from spectral_monitor.snapshot import select
+from spectral_monitor.validation import check_choice, check_int, check_number
 
 __all__ = ["DEFAULT_RANGES", "TARGETS", "SpectralBalancer"]
 
@@ -52,14 +52,6 @@ TARGETS = ("lr", "weight_decay")
 #: The linear map's (low, high) per target: TempBalance's for lr, AlphaDecay's for weight decay.
 DEFAULT_RANGES = {"lr": (0.5, 1.5), "weight_decay": (0.667, 3.0)}
 _FACTOR_TAG = {"lr": "lr_factor", "weight_decay": "wd_factor"}
-
-
-def _check_number(name: str, value: Any, positive: bool = True) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if positive and value <= 0:
-        raise ValueError(f"{name} must be > 0, got {value!r}")
-    return float(value)
 
 
 class SpectralBalancer(Callback):
@@ -122,21 +114,17 @@ class SpectralBalancer(Callback):
         skip_first_last: bool = True,
         monitor_prefix: str | None = None,
     ) -> None:
-        if target not in TARGETS:
-            raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
-        if mapping not in MAPPINGS:
-            raise ValueError(f"mapping must be one of {MAPPINGS}, got {mapping!r}")
-        if group not in GROUPS:
-            raise ValueError(f"group must be one of {GROUPS}, got {group!r}")
+        check_choice("target", target, TARGETS)
+        check_choice("mapping", mapping, MAPPINGS)
+        check_choice("group", group, GROUPS)
         default_low, default_high = DEFAULT_RANGES[target]
-        self.low = _check_number("low", default_low if low is None else low)
-        self.high = _check_number("high", default_high if high is None else high)
+        self.low = check_number("low", default_low if low is None else low, above=0.0)
+        self.high = check_number("high", default_high if high is None else high, above=0.0)
         if self.high < self.low:
             raise ValueError(f"high must be >= low, got low={self.low!r}, high={self.high!r}")
-        self.scale = _check_number("scale", scale, positive=False)
-        self.temperature = _check_number("temperature", temperature)
-        if isinstance(ramp_steps, bool) or not isinstance(ramp_steps, int) or ramp_steps < 0:
-            raise ValueError(f"ramp_steps must be an int >= 0, got {ramp_steps!r}")
+        self.scale = check_number("scale", scale)
+        self.temperature = check_number("temperature", temperature, above=0.0)
+        check_int("ramp_steps", ramp_steps, 0)
         if isinstance(exclude, str):
             exclude = [exclude]
         if exclude is not None and not all(isinstance(p, str) for p in exclude):

@@ -27,6 +27,7 @@ from spectral_monitor.layers import (
     normalize_kinds,
 )
 from spectral_monitor.powerlaw_fit import FitOptions
+from spectral_monitor.validation import check_choice, check_int, check_number
 
 __all__ = [
     "DEFAULT_MAX_RELATIVE_WIDTH",
@@ -118,24 +119,14 @@ class AnalysisConfig:
             ValueError: an argument has the wrong type or value; the message names it.
         """
         conv = _conv_mode(conv2d, conv)
-        if lora not in LORA_MODES:
-            raise ValueError(f"lora must be one of {LORA_MODES}, got {lora!r}")
+        check_choice("lora", lora, LORA_MODES)
         if not isinstance(normalize, bool):
             raise ValueError(f"normalize must be a bool, got {normalize!r}")
-        if isinstance(min_evals, bool) or not isinstance(min_evals, int) or min_evals < 2:
-            raise ValueError(f"min_evals must be an int >= 2, got {min_evals!r}")
-        if isinstance(min_tail, bool) or not isinstance(min_tail, int) or min_tail < 1:
-            raise ValueError(f"min_tail must be an int >= 1, got {min_tail!r}")
-        if max_relative_width is not None and (
-            isinstance(max_relative_width, bool)
-            or not isinstance(max_relative_width, (int, float))
-            or not max_relative_width > 0
-        ):
-            raise ValueError(
-                f"max_relative_width must be a number > 0 or None, got {max_relative_width!r}"
-            )
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        check_int("min_evals", min_evals, 2)
+        check_int("min_tail", min_tail, 1)
+        if max_relative_width is not None:
+            max_relative_width = check_number("max_relative_width", max_relative_width, above=0.0)
+        check_choice("precision", precision, PRECISIONS)
         if device is not None:
             try:
                 device = torch.device(device)
@@ -148,7 +139,7 @@ class AnalysisConfig:
             normalize=normalize,
             min_evals=min_evals,
             min_tail=min_tail,
-            max_relative_width=None if max_relative_width is None else float(max_relative_width),
+            max_relative_width=max_relative_width,
             precision=precision,  # type: ignore[arg-type]
             device=device,
             kinds=normalize_kinds(kinds),

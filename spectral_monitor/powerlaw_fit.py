@@ -37,6 +37,7 @@ from spectral_monitor.intervals import (
     bootstrap_samples,
     percentile_interval,
 )
+from spectral_monitor.validation import check_choice, check_int, check_number
 
 __all__ = [
     "FitOptions",
@@ -397,31 +398,14 @@ class FitOptions:
         Raises:
             ValueError: an argument has the wrong type or value; the message names it.
         """
-        if estimator not in ESTIMATORS:
-            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
-        if fingers not in FINGERS:
-            raise ValueError(f"fingers must be one of {FINGERS}, got {fingers!r}")
-        if interval not in INTERVALS:
-            raise ValueError(f"interval must be one of {INTERVALS}, got {interval!r}")
-        if not _is_real(xmin_position) or not xmin_position > 1.0:
-            raise ValueError(f"xmin_position must be a number > 1, got {xmin_position!r}")
-        if not _is_real(confidence) or not 0.0 < confidence < 1.0:
-            raise ValueError(f"confidence must be a number in (0, 1), got {confidence!r}")
-        if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 10:
-            raise ValueError(f"n_boot must be an int >= 10, got {n_boot!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"seed must be an int, got {seed!r}")
-        return cls(
-            estimator, float(xmin_position), fingers, interval, float(confidence), n_boot, seed
-        )
-
-
-def _is_real(value: Any) -> bool:
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(float(value))
-    )
+        check_choice("estimator", estimator, ESTIMATORS)
+        check_choice("fingers", fingers, FINGERS)
+        check_choice("interval", interval, INTERVALS)
+        position = check_number("xmin_position", xmin_position, above=1.0)
+        level = check_number("confidence", confidence, above=0.0, below=1.0)
+        check_int("n_boot", n_boot, 10)
+        check_int("seed", seed, 0)
+        return cls(estimator, position, fingers, interval, level, n_boot, seed)
 
 
 # On a CPU, bootstrap resamples of spectra up to this long are fitted as one padded batch.

@@ -50,6 +50,7 @@ from spectral_monitor.stopping import (
     make_stop_rule,
 )
 from spectral_monitor.tensorboard_sink import TensorBoardSink, draw_figures
+from spectral_monitor.validation import check_choice, check_int, check_number
 from spectral_monitor.worker import AnalysisWorker
 
 __all__ = ["MODES", "SpectralTracker"]
@@ -60,13 +61,6 @@ MODES = ("auto", "thread", "sync")
 ReportSink = Callable[[SpectralReport, int], None]
 #: An image sink receives figures drawn on the worker: the step, ``{name: (H, W, 3) uint8}``.
 ImageSink = Callable[[int, dict[str, np.ndarray]], None]
-
-
-def _check_int(name: str, value: Any, minimum: int, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
 @with_options(
@@ -103,26 +97,19 @@ class SpectralTracker:
             options["histogram_every"],
             options["log_figures_every"],
         )
-        _check_int("every_n_steps", every_n_steps, 1)
-        _check_int("max_snapshot_bytes", max_snapshot_bytes, 1, allow_none=True)
-        _check_int("stop_patience", stop_patience, 1)
-        _check_int("start_step", start_step, 0)
-        _check_int("histogram_every", histogram_every, 1)
-        _check_int("log_figures_every", log_figures_every, 1, allow_none=True)
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if stop_below is not None and (
-            isinstance(stop_below, bool)
-            or not isinstance(stop_below, (int, float))
-            or not math.isfinite(stop_below)
-        ):
-            raise ValueError(f"stop_below must be a finite number or None, got {stop_below!r}")
+        check_int("every_n_steps", every_n_steps, 1)
+        check_int("max_snapshot_bytes", max_snapshot_bytes, 1, allow_none=True)
+        check_int("stop_patience", stop_patience, 1)
+        check_int("start_step", start_step, 0)
+        check_int("histogram_every", histogram_every, 1)
+        check_int("log_figures_every", log_figures_every, 1, allow_none=True)
+        check_choice("mode", mode, MODES)
+        if stop_below is not None:
+            check_number("stop_below", stop_below)
         if stop_on == "alpha_hat":
             raise ValueError(ALPHA_HAT_REFUSAL)
-        if stop_on not in STOP_ON:
-            raise ValueError(f"stop_on must be one of {STOP_ON}, got {stop_on!r}")
-        if stop_bound not in BOUNDS:
-            raise ValueError(f"stop_bound must be one of {BOUNDS}, got {stop_bound!r}")
+        check_choice("stop_on", stop_on, STOP_ON)
+        check_choice("stop_bound", stop_bound, BOUNDS)
         if (
             isinstance(stop_margin, bool)
             or not isinstance(stop_margin, (int, float))
