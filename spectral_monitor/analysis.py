@@ -280,10 +280,9 @@ def analyze(
         ['0']
     """
     config = AnalysisConfig.from_options(locals())
-    snapshot, what = _snapshot_of(model, config, "model")
+    snapshot, what, left_out = _snapshot_of(model, config, "model")
     if base is not None:
         snapshot = subtract_base(snapshot, _snapshot_of(base, config, "base")[0])
-    left_out = select(model, config).left_out
     if left_out:
         warnings.warn(f"analyze(): {left_out_message(left_out)}", UserWarning, stacklevel=2)
     if not snapshot:
@@ -298,13 +297,17 @@ def analyze(
 
 def _snapshot_of(
     model: Any, config: AnalysisConfig, argument: str
-) -> tuple[list[LayerSnapshot], str]:
-    """A one-off snapshot of a module or a state dict, and what to say if it is empty."""
+) -> tuple[list[LayerSnapshot], str, list[Any]]:
+    """A one-off snapshot of a module or a state dict, what to say if it is empty, and the
+    weights no layer kind covers (one selection serves both)."""
     if isinstance(model, nn.Module):
+        selection = select(model, config)
         with torch.no_grad():
             what = f"{type(model).__name__} has no layer of the selected kinds"
-            return take_snapshot(model, config, copy=False), what
+            snapshot = take_snapshot(model, config, copy=False, selection=selection)
+        return snapshot, what, list(selection.left_out)
     if isinstance(model, Mapping):
+        selection = select(model, config)
         what = "the state dict has no floating-point weight tensor of a known layer kind"
-        return snapshot_state_dict(model, config), what
+        return snapshot_state_dict(model, config, selection), what, list(selection.left_out)
     raise ValueError(f"{argument} must be an nn.Module or a state dict, got {type(model).__name__}")

@@ -281,7 +281,8 @@ def _cmd_analyze(args: argparse.Namespace, out: TextIO) -> int:
     if args.plots and Path(args.plots).exists() and not Path(args.plots).is_dir():
         raise CLIError(f"cannot write figures to {args.plots}: not a directory", EXIT_OUTPUT)
     state = load_weights(args.path, trust_pickle=args.trust_pickle)
-    snapshot = snapshot_state_dict(state, config)
+    selection = select(state, config)  # one selection: the snapshot and the left-out list
+    snapshot = snapshot_state_dict(state, config, selection)
     if args.base:
         base = load_weights(args.base, trust_pickle=args.trust_pickle)
         snapshot = subtract_base(snapshot, snapshot_state_dict(base, config))
@@ -294,9 +295,9 @@ def _cmd_analyze(args: argparse.Namespace, out: TextIO) -> int:
         )
     color = out.isatty() and "NO_COLOR" not in os.environ and not args.no_color
     _print_table(report, out, color)
-    left_out = select(state, config).left_out
-    if left_out:
-        out.write(f"left out: {left_out_message(left_out, limit=len(left_out))}\n")
+    if selection.left_out:
+        limit = len(selection.left_out)
+        out.write(f"left out: {left_out_message(selection.left_out, limit=limit)}\n")
     if args.csv:
         out.write(f"wrote {_writing(args.csv, lambda: report.to_csv(args.csv))}\n")
     if args.json:

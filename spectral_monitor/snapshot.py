@@ -85,6 +85,7 @@ def take_snapshot(
     max_bytes: int | None = None,
     only: set[str] | None = None,
     root: nn.Module | None = None,
+    selection: Selection | None = None,
 ) -> list[LayerSnapshot]:
     """Copies of the selected layers' weights in :func:`snapshot_dtype` (float32, or the
     weight's own bf16/fp16), on ``config.device`` or the weight's own device.
@@ -104,12 +105,15 @@ def take_snapshot(
         only: take just these layer names (this rank's share of a distributed analysis).
         root: the module that owns the sharded parameters, when it wraps ``model`` (Lightning's
             ``trainer.strategy.model``); default ``model``.
+        selection: ``select(model, config)`` when the caller already has it.
     """
     snapshot = []
     held = 0
     gathered: dict[int, torch.Tensor] = {}  # the last sharded sources, shared by q/k/v
     with full_parameters(root if root is not None else model):
-        for spec in select(model, config).specs:
+        if selection is None:
+            selection = select(model, config)
+        for spec in selection.specs:
             full = []
             for source in spec.sources:
                 if is_sharded(source):  # on every rank, owner or not: a collective
@@ -138,13 +142,14 @@ def _numel(shape: tuple[int, ...]) -> int:
 
 
 def snapshot_state_dict(
-    state_dict: Mapping[str, Any], config: AnalysisConfig
+    state_dict: Mapping[str, Any], config: AnalysisConfig, selection: Selection | None = None
 ) -> list[LayerSnapshot]:
     """Like :func:`take_snapshot`, for a bare state dict (see
     :func:`spectral_monitor.layers.select_state_dict` for how keys become layers)."""
+    if selection is None:
+        selection = select(state_dict, config)
     return [
-        _snapshot_layer(spec, list(spec.sources), config, copy=False)
-        for spec in select(state_dict, config).specs
+        _snapshot_layer(spec, list(spec.sources), config, copy=False) for spec in selection.specs
     ]
 
 
