@@ -138,7 +138,7 @@ def _finish_row(
         fit = PowerLawFit.failed(reason, fit.num_values)
     row = replace(row, **asdict(layer_metrics(evals, fit)), evals=evals, num_evals=evals.size)
     if reason is not None:
-        row.skipped = row.unreliable_reason = reason
+        row.skipped = reason
         return row
     row.unreliable_reason = unreliable_reason(
         fit.num_values,
@@ -183,8 +183,8 @@ def analyze_snapshot(
     evals_host, fits, fit_bytes = _fit_on_host([evals for _, evals in good], config)
     for (k, _), evals, fit in zip(good, evals_host, fits, strict=True):
         rows[k] = _finish_row(rows[k], evals, fit, config)
-    for row in rows:
-        if row.skipped is not None and row.unreliable_reason is None:
+    for row in rows:  # every skipped layer, whichever step skipped it, says why it is untrusted
+        if row.skipped is not None:
             row.unreliable_reason = row.skipped
     memory = sum(snap.nbytes for snap in snapshot) + max(
         peak_work_bytes(stacks, config.precision), fit_bytes
