@@ -276,9 +276,11 @@ def test_worker_crash_is_one_warning_with_traceback_and_training_goes_on(monkeyp
     assert "Traceback" in str(failures[0].message)
     assert run.global_step == 10
     # Steps 0, 2, ..., 10: each analysis failed and was counted, or (when the thread had not yet
-    # run the previous one) was skipped for back-pressure and counted; none is lost.
+    # run the previous one) was skipped for back-pressure and counted; none is lost. A skipped
+    # step 10 is tried once more by the final analysis at the end of fit, and fails again.
     tracker = monitor.tracker
-    assert tracker.num_failed + tracker.num_skipped == 6 and tracker.num_failed >= 1
+    assert tracker.num_failed >= 1
+    assert tracker.num_failed + tracker.num_skipped in (6, 7)
     assert len(monitor.history) == 0
 
 
