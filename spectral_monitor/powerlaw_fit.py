@@ -35,7 +35,7 @@ from spectral_monitor.intervals import (
     INTERVALS,
     analytic_interval,
     bootstrap_samples,
-    percentile_interval,
+    pivotal_interval,
 )
 from spectral_monitor.validation import check_choice, check_int, check_number
 
@@ -530,10 +530,11 @@ def _clip_fingers(
 
 
 def _bootstrap(
-    xs: Sequence[torch.Tensor], options: FitOptions, batch: bool
+    xs: Sequence[torch.Tensor], alpha: torch.Tensor, options: FitOptions, batch: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Percentile bootstrap interval of each spectrum's alpha: ``options.n_boot`` resamples
-    each, refitted with the same estimator (xmin chosen again), all as one list of fits."""
+    """Bootstrap interval of each spectrum's fitted ``alpha`` ((B,) float64): ``options.n_boot``
+    resamples each, refitted with the same estimator (xmin chosen again), all as one list of
+    fits; see :func:`~spectral_monitor.intervals.pivotal_interval`."""
     device = xs[0].device
     generator = torch.Generator(device=device).manual_seed(options.seed)
     samples = [bootstrap_samples(x, options.n_boot, generator) for x in xs]
@@ -552,7 +553,7 @@ def _bootstrap(
                 for sample in samples
             ]
         )
-    return percentile_interval(alphas, options.confidence)
+    return pivotal_interval(alphas, alpha, options.confidence)
 
 
 def fit_power_law_table(
@@ -599,7 +600,7 @@ def fit_power_law_table(
             table[index, _FINGERS] = 0.0
         table[index, :5] = fitted
         if options.interval == "bootstrap":
-            lo, hi = _bootstrap(xs, options, batch)
+            lo, hi = _bootstrap(xs, fitted[:, _ALPHA], options, batch)
             table[index, _LO], table[index, _HI] = lo, hi
     return FitTable(
         table=table,
