@@ -53,23 +53,20 @@ __all__ = [
 ]
 
 
-def _weight_problems(snaps: list[LayerSnapshot]) -> list[str | None]:
-    """Why each weight cannot be analysed (NaN/Inf, all zeros), or None; one host transfer per
-    device for all of them, not one per layer."""
-    out: list[str | None] = [None] * len(snaps)
+def _weight_problems(spectra: list[torch.Tensor]) -> list[str | None]:
+    """Why each layer's weight cannot be analysed, read off its eigenvalues (NaN: NaN or Inf
+    weights, see :func:`~spectral_monitor.eigen.eigenvalues`; all zero: all-zero weights), or
+    None; one host transfer per device for all layers, not one per layer."""
+    out: list[str | None] = [None] * len(spectra)
     by_device: dict[torch.device, list[int]] = {}
-    for k, snap in enumerate(snaps):
-        assert snap.weight is not None
-        by_device.setdefault(snap.weight.device, []).append(k)
+    for k, evals in enumerate(spectra):
+        by_device.setdefault(evals.device, []).append(k)
     for members in by_device.values():
-        # NaN propagates into both extremes, ±Inf shows in one, all-zero means both are 0.
-        extremes = torch.stack(
-            [torch.stack(torch.aminmax(snaps[k].weight)) for k in members]  # type: ignore[arg-type]
-        )
-        for k, (lo, hi) in zip(members, extremes.cpu().tolist(), strict=True):
-            if not (math.isfinite(lo) and math.isfinite(hi)):
-                out[k] = "non-finite weights (NaN or Inf)"
-            elif lo == 0.0 and hi == 0.0:
+        tops = torch.stack([spectra[k].amax() for k in members])  # NaN propagates into amax
+        for k, top in zip(members, tops.cpu().tolist(), strict=True):
+            if not math.isfinite(top):
+                out[k] = "non-finite weights (NaN or Inf), or a Gram matrix beyond float range"
+            elif top == 0.0:
                 out[k] = "all-zero weights"
     return out
 
@@ -95,10 +92,15 @@ def _spectra(
     matrix stacks they came from (for the memory account); solver failures mark rows skipped."""
     stacks = [weight_matrices(snap.weight, config.conv2d) for _, snap in todo]  # type: ignore[arg-type]
     spectra = batched_eigenvalues(stacks, config.precision)
+    solved = {j: evals for j, evals in enumerate(spectra) if isinstance(evals, torch.Tensor)}
+    problems = dict(zip(solved, _weight_problems(list(solved.values())), strict=True))
     good: list[tuple[int, torch.Tensor]] = []
-    for (k, snap), stack, evals in zip(todo, stacks, spectra, strict=True):
+    for j, ((k, snap), stack, evals) in enumerate(zip(todo, stacks, spectra, strict=True)):
         if isinstance(evals, EigenError):
             rows[k].skipped = f"eigensolver failed: {evals}"
+            continue
+        if problems[j] is not None:
+            rows[k].skipped = problems[j]
             continue
         scale = 0.5 if (config.conv2d == "slices" and snap.kind == "conv2d") else 1.0
         if config.normalize:
@@ -160,25 +162,21 @@ def analyze_snapshot(
 ) -> SpectralReport:
     """Spectra, fits and metrics for a snapshot. Pure: reads only the snapshot.
 
-    Steps: size check → weight check (NaN/Inf, all zeros) → eigenvalues (batched by shape) →
-    fits and one transfer to the host → metrics, reliability and verdict per layer. A layer that
-    cannot be analysed (no eigenvalue to fit, NaN/Inf or all-zero weights, solver failure, no
-    valid fit, a degenerate tail) is kept in the report with ``skipped`` set to the reason; a
-    fitted layer that cannot be trusted is kept with ``reliable=False`` and its reason.
+    Steps: size check → eigenvalues (batched by shape) → weight check on them (NaN/Inf, all
+    zeros) → fits and one transfer to the host → metrics, reliability and verdict per layer. A
+    layer that cannot be analysed (no eigenvalue to fit, NaN/Inf or all-zero weights, solver
+    failure, no valid fit, a degenerate tail) is kept in the report with ``skipped`` set to the
+    reason; a fitted layer that cannot be trusted is kept with ``reliable=False`` and its reason.
 
-    On a GPU the host waits for the device a few times, not once per layer: the weight checks,
-    the solver's convergence check (once per solver call: per shape, unless same-shape Grams
-    pass ``eigen._GROUP_BYTES``), the fit's input checks and its look for ill-conditioned
-    candidates, and one transfer that brings every eigenvalue and every fit to the host together.
+    On a GPU the host waits for the device a few times, not once per layer: the solver's
+    convergence check (once per solver call: per shape, unless same-shape Grams pass
+    ``eigen._GROUP_BYTES``), the weight checks, the fit's input checks and its look for
+    ill-conditioned candidates, and one transfer that brings every eigenvalue and every fit to
+    the host together.
     """
     start = time.perf_counter()
     rows = _check_sizes(snapshot, config)
-    sized = [(k, snap) for k, snap in enumerate(snapshot) if rows[k].skipped is None]
-    todo = []
-    for (k, snap), problem in zip(sized, _weight_problems([s for _, s in sized]), strict=True):
-        rows[k].skipped = problem
-        if problem is None:
-            todo.append((k, snap))
+    todo = [(k, snap) for k, snap in enumerate(snapshot) if rows[k].skipped is None]
     good, stacks = _spectra(todo, config, rows)
     evals_host, fits, fit_bytes = _fit_on_host([evals for _, evals in good], config)
     for (k, _), evals, fit in zip(good, evals_host, fits, strict=True):

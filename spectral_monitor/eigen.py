@@ -15,6 +15,7 @@ zeros rather than rounding noise (which can even be negative).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Literal
 
@@ -86,7 +87,12 @@ def _gram_eigenvalues(
 ) -> torch.Tensor:
     """eigvalsh of the Gram matrices of one stack, or of several same-shape stacks whose Grams
     are written into one buffer (only the small cols×cols matrices are written, never a copy of
-    the weights), so that one batched solver call serves them all."""
+    the weights), so that one batched solver call serves them all.
+
+    A Gram that is not finite (a NaN or Inf weight: the diagonal holds every column's squared
+    norm, so any such weight shows in its sum; or squares beyond the dtype's range) gets a row
+    of NaN; the solver sees zeros in its place, so it cannot fail or stall on it. This replaces
+    a pass over the weights themselves: the Grams are smaller, and no host wait is added."""
     stacks = [mats] if isinstance(mats, torch.Tensor) else list(mats)
     first = stacks[0]
     cols = first.shape[-1]
@@ -96,7 +102,10 @@ def _gram_eigenvalues(
     for m in stacks:
         _gram_into(m.detach(), gram[start : start + m.shape[0]])
         start += m.shape[0]
-    return torch.linalg.eigvalsh(gram)
+    finite = torch.isfinite(gram.diagonal(dim1=-2, dim2=-1).sum(dim=-1))
+    gram.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+    evals = torch.linalg.eigvalsh(gram)
+    return torch.where(finite[:, None], evals, torch.full_like(evals, math.nan))
 
 
 def _svd_eigenvalues(mats: torch.Tensor) -> torch.Tensor:
@@ -117,7 +126,8 @@ def eigenvalues(
 
     Returns:
         (count, cols) float64, ascending in each row, >= 0, on ``mats``' device; values under the
-        rank tolerance are exact zeros. Units: squared units of the weights.
+        rank tolerance are exact zeros. Units: squared units of the weights. A matrix with a NaN
+        or Inf weight (or whose Gram overflows the compute dtype) gets a row of NaN.
 
     Raises:
         EigenError: the eigensolver failed (e.g. did not converge) and so did the float64 SVD on
@@ -138,7 +148,8 @@ def eigenvalues(
     evals = evals.to(torch.float64)
     top = evals[..., -1:].clamp(min=0.0)
     tolerance = top * (stacks[0].shape[-1] * torch.finfo(dtype).eps)
-    return torch.where(evals > tolerance, evals, torch.zeros_like(evals))
+    # Written so that a NaN row (a non-finite Gram) stays NaN.
+    return torch.where(evals <= tolerance, torch.zeros_like(evals), evals)
 
 
 def _solver_runs(stacks: Sequence[torch.Tensor], dtype: torch.dtype) -> list[list[int]]:

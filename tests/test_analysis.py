@@ -228,6 +228,20 @@ def test_model_without_layers_gives_empty_report_and_one_warning() -> None:
     assert "layers=0" in report.format_table()
 
 
+def test_a_non_finite_matrix_gets_nan_eigenvalues_and_its_neighbours_are_unharmed() -> None:
+    # The weight check reads the eigenvalues: a NaN/Inf weight (or a float32 Gram that
+    # overflows) makes its matrix's row NaN, while the solver sees zeros and cannot fail on it.
+    torch.manual_seed(0)
+    mats = torch.randn(4, 40, 30)
+    mats[1, 3, 4] = float("nan")
+    mats[2, 0, 0] = float("inf")
+    mats[3] *= 1e20  # finite weights whose squares pass float32's range
+    evals = eigenvalues(mats)
+    assert torch.isnan(evals[1:]).all()
+    assert torch.equal(evals[0], eigenvalues(mats[:1])[0]) and (evals[0] > 0).all()
+    assert torch.isfinite(eigenvalues(mats[3:], "float64")).all()
+
+
 def test_strange_layers_are_skipped_with_reasons() -> None:
     model = nn.Sequential(
         nn.Linear(30, 40),  # fine
