@@ -52,16 +52,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="reduced grid and seed counts")
     parser.add_argument("--confidence", type=float, default=0.9)
+    parser.add_argument("--tails", type=int, nargs="+", help="only these tail sizes")
+    parser.add_argument(
+        "--boot-seeds", type=int, help="bootstrap seeds per cell (default 100; 25 at n_tail 5000)"
+    )
+    parser.add_argument("--no-analytic", action="store_true", help="the bootstrap column only")
     args = parser.parse_args()
     torch.set_num_threads(1)
     alphas = (1.5, 2.5, 4.0) if args.quick else (1.5, 2.0, 3.0, 4.0)
     tails = (50, 500) if args.quick else (50, 500, 5000)
+    tails = tuple(args.tails) if args.tails else tails
     rows = []
     for n_tail in tails:
         for alpha in alphas:
             cells = [str(n_tail), f"{alpha:g}"]
             for interval in ("analytic", "bootstrap"):
-                if interval == "analytic":
+                if interval == "analytic" and args.no_analytic:
+                    cells += ["-", "-", "-"]
+                    continue
+                if interval == "bootstrap" and args.boot_seeds:
+                    seeds = args.boot_seeds
+                elif interval == "analytic":
                     seeds = 100 if args.quick else 400
                 else:
                     seeds = 20 if args.quick else (100 if n_tail <= 500 else 25)
