@@ -254,7 +254,8 @@ def test_monitor_and_tracker_pickle_and_deepcopy_before_and_after_fit(tmp_path) 
     trainer(max_steps=10, callbacks=[monitor]).fit(ConvNet(), image_loader())
     clone = copy.deepcopy(monitor)
     restored = pickle.loads(pickle.dumps(monitor))
-    assert clone.history.steps == restored.history.steps == monitor.history.steps == [0, 5, 10]
+    assert_analysed_steps(monitor, [0, 5, 10])  # step 5 may be skipped by a busy worker
+    assert clone.history.steps == restored.history.steps == monitor.history.steps
     # The copy works on its own: its worker thread is made on demand.
     trainer(max_steps=15, callbacks=[restored]).fit(ConvNet(), image_loader())
     assert_analysed_steps(restored, [0, 5, 10, 15])  # a fresh Trainer: a new history
