@@ -538,31 +538,16 @@ def _clip_fingers(
     return chosen, dropped
 
 
-def _bootstrap(
-    xs: Sequence[torch.Tensor], alpha: torch.Tensor, options: FitOptions, batch: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bootstrap interval of each spectrum's fitted ``alpha`` ((B,) float64): ``options.n_boot``
-    resamples each, refitted with the same estimator (xmin chosen again), all as one list of
-    fits; see :func:`~spectral_monitor.intervals.pivotal_interval`."""
-    device = xs[0].device
-    generator = torch.Generator(device=device).manual_seed(options.seed)
-    samples = [bootstrap_samples(x, options.n_boot, generator) for x in xs]
-    if batch:  # one padded batch of every resample of every spectrum (the GPU path)
-        rows = [row for sample in samples for row in sample]
-        alphas = _estimate(rows, options, True)[:, _ALPHA].reshape(len(xs), options.n_boot)
-    else:
-        # On a CPU the padded batch (no pruning, n_boot·n² work) beats one pruned fit after
-        # another (per-call overhead) for short spectra only: 20× at n = 100, 3× at n = 300,
-        # 0.6× at n = 1000 (measured, one thread).
-        alphas = torch.stack(
-            [
-                _estimate(list(sample), options, sample.shape[1] <= _CPU_BATCH_MAX_VALUES)[
-                    :, _ALPHA
-                ]
-                for sample in samples
-            ]
-        )
-    return pivotal_interval(alphas, alpha, options.confidence)
+def _bootstrap_alphas(
+    xs: Sequence[torch.Tensor], options: FitOptions, batch: bool
+) -> torch.Tensor:
+    """(len(xs), n_boot) float64: ``options.n_boot`` resamples of each sorted spectrum, refitted
+    with the same estimator (xmin chosen again), all as one list of fits — one padded batch
+    (``batch``, the GPU path), or on a CPU the short resamples in one padded batch and the long
+    ones one by one with pruning (see ``_CPU_BATCH_MAX_VALUES``)."""
+    generator = torch.Generator(device=xs[0].device).manual_seed(options.seed)
+    rows = [row for x in xs for row in bootstrap_samples(x, options.n_boot, generator)]
+    return _estimate(rows, options, batch)[:, _ALPHA].reshape(len(xs), options.n_boot)
 
 
 def fit_power_law_table(
@@ -609,7 +594,8 @@ def fit_power_law_table(
             table[index, _FINGERS] = 0.0
         table[index, :5] = fitted
         if options.interval == "bootstrap":
-            lo, hi = _bootstrap(xs, fitted[:, _ALPHA], options, batch)
+            alphas = _bootstrap_alphas(xs, options, batch)
+            lo, hi = pivotal_interval(alphas, fitted[:, _ALPHA], options.confidence)
             table[index, _LO], table[index, _HI] = lo, hi
     return FitTable(
         table=table,
