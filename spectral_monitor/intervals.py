@@ -17,13 +17,11 @@ Two methods (``interval=`` wherever the fit is configured):
   Lilliefors' tables calibrate the KS test for estimated parameters. Free: a few scalar
   functions on the host.
 - ``"bootstrap"``: resample the spectrum with replacement ``n_boot`` times and refit the whole
-  procedure, xmin included. ``alpha - 1`` is a scale (``alpha_hat - 1 = n / S``), so the ratio
-  ``(alpha_hat - 1) / (alpha - 1)`` is close to pivotal and the bootstrap estimates its
-  distribution by ``(alpha_b - 1) / (alpha_hat - 1)``: the interval is
-  ``1 + (alpha_hat - 1)**2 / (q_hi - 1, q_lo - 1)`` with ``q`` the resampled alphas' quantiles
-  (the basic bootstrap on ``log(alpha - 1)``). For a known xmin this gives back the exact Gamma
-  interval, where the plain percentile interval ``[q_lo, q_hi]`` is shifted upward by the
-  estimator's skew. The resamples are fitted as one batch (one padded batch on a GPU).
+  procedure, xmin included; the interval is the percentile interval of the refitted alphas. The
+  resamples are fitted as one batch (one padded batch on a GPU). The percentile interval was
+  kept over the pivotal one on ``log(alpha - 1)`` (exact for a known xmin) and the
+  bias-corrected one, by their coverage on the same resamples
+  (``benchmarks/bootstrap_interval_methods.py``).
 """
 
 from __future__ import annotations
@@ -39,7 +37,7 @@ __all__ = [
     "XMIN_CHOICE_INFLATION",
     "analytic_interval",
     "bootstrap_samples",
-    "pivotal_interval",
+    "percentile_interval",
 ]
 
 INTERVALS = ("analytic", "bootstrap")
@@ -94,30 +92,24 @@ def bootstrap_samples(x: torch.Tensor, n_boot: int, generator: torch.Generator) 
     return torch.sort(x[picks], dim=1).values
 
 
-def pivotal_interval(
-    alphas: torch.Tensor, alpha: torch.Tensor, confidence: float
+def percentile_interval(
+    alphas: torch.Tensor, confidence: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bootstrap interval of alpha from the resampled exponents, pivoting on ``log(alpha - 1)``
-    (see the module docstring).
+    """Percentile interval of bootstrap exponents.
 
     Args:
-        alphas: (B, n_boot) float64 resampled exponents; non-finite entries (failed resamples)
-            are left out.
-        alpha: (B,) float64 exponents fitted on the original spectra.
+        alphas: (B, n_boot) float64; non-finite entries (failed resamples) are left out.
         confidence: level in (0, 1).
 
     Returns:
-        alpha_lo, alpha_hi, each (B,) float64; NaN for a row with fewer than 2 finite entries or
-        a non-finite alpha.
+        alpha_lo, alpha_hi, each (B,) float64; NaN for a row with fewer than 2 finite entries.
     """
     tail = (1.0 - confidence) / 2.0
     finite = torch.isfinite(alphas)
     # nanquantile ignores NaN; inf must become NaN first.
     clean = torch.where(finite, alphas, torch.full_like(alphas, math.nan))
     q = torch.tensor([tail, 1.0 - tail], dtype=torch.float64, device=alphas.device)
-    q_lo, q_hi = torch.nanquantile(clean, q, dim=1)
-    scale = (alpha - 1.0) ** 2
-    lo, hi = 1.0 + scale / (q_hi - 1.0), 1.0 + scale / (q_lo - 1.0)
-    bad = (finite.sum(dim=1) < 2) | ~torch.isfinite(alpha)
+    lo, hi = torch.nanquantile(clean, q, dim=1)
+    few = finite.sum(dim=1) < 2
     nan = torch.full_like(lo, math.nan)
-    return torch.where(bad, nan, lo), torch.where(bad, nan, hi)
+    return torch.where(few, nan, lo), torch.where(few, nan, hi)

@@ -35,7 +35,7 @@ from spectral_monitor.intervals import (
     INTERVALS,
     analytic_interval,
     bootstrap_samples,
-    pivotal_interval,
+    percentile_interval,
 )
 from spectral_monitor.validation import check_choice, check_int, check_number
 
@@ -538,9 +538,7 @@ def _clip_fingers(
     return chosen, dropped
 
 
-def _bootstrap_alphas(
-    xs: Sequence[torch.Tensor], options: FitOptions, batch: bool
-) -> torch.Tensor:
+def _bootstrap_alphas(xs: Sequence[torch.Tensor], options: FitOptions, batch: bool) -> torch.Tensor:
     """(len(xs), n_boot) float64: ``options.n_boot`` resamples of each sorted spectrum, refitted
     with the same estimator (xmin chosen again), all as one list of fits — one padded batch
     (``batch``, the GPU path), or on a CPU the short resamples in one padded batch and the long
@@ -595,7 +593,7 @@ def fit_power_law_table(
         table[index, :5] = fitted
         if options.interval == "bootstrap":
             alphas = _bootstrap_alphas(xs, options, batch)
-            lo, hi = pivotal_interval(alphas, fitted[:, _ALPHA], options.confidence)
+            lo, hi = percentile_interval(alphas, options.confidence)
             table[index, _LO], table[index, _HI] = lo, hi
     return FitTable(
         table=table,
