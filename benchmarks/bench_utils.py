@@ -16,6 +16,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader
 
 from spectral_monitor import SpectralMonitor
@@ -136,21 +137,33 @@ def timed_fit(
     steps: int,
     accelerator: str,
     every: int | None,
+    log_dir: str | None = None,
+    monitor_options: dict[str, Any] | None = None,
 ) -> TimedFit:
     """Train ``module`` for ``steps`` steps on one device, with ``SpectralMonitor(every_n_steps=
-    every, log_histograms=False)`` or (``every=None``) without it; no logger, checkpoint or
-    progress bar, warnings silenced, so only training and the monitor are timed."""
+    every, log_histograms=False)`` or (``every=None``) without it; no checkpoint or progress
+    bar, warnings silenced, so only training and the monitor are timed.
+
+    Args:
+        log_dir: None (default): no logger. Else a ``TensorBoardLogger`` writing there, which
+            also makes the monitor draw its figures (the heatmap, ESD figures) and log them.
+        monitor_options: more ``SpectralMonitor`` arguments (override ``log_histograms``).
+    """
     timer = StepTimer()
     callbacks: list[L.Callback] = [timer]
     monitor = None
     if every is not None:
-        monitor = SpectralMonitor(every_n_steps=every, log_histograms=False)
+        options = {"log_histograms": False, **(monitor_options or {})}
+        monitor = SpectralMonitor(every_n_steps=every, **options)
         callbacks.append(monitor)
+    logger: TensorBoardLogger | bool = False
+    if log_dir is not None:
+        logger = TensorBoardLogger(log_dir, name="", version="")
     trainer = L.Trainer(
         accelerator=accelerator,
         devices=1,
         max_steps=steps,
-        logger=False,
+        logger=logger,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,

@@ -8,6 +8,14 @@ overhead ratio monitored / baseline.
     python benchmarks/training_overhead.py                       # CPU, every_n_steps=50
     python benchmarks/training_overhead.py --steps 600 --repeat 5 --every 50 100
     python benchmarks/training_overhead.py --device cuda --steps 2000 --every 100
+    python benchmarks/training_overhead.py --figures --repeat 5    # cost of drawing the heatmap
+
+``--figures`` compares, all with a TensorBoard logger (the monitor draws figures only when one
+is attached): no monitor; the monitor drawing the alpha heatmap at the first analysis and at the
+end only (``histogram_every`` huge); every analysis (``histogram_every=1``, the default); and the
+heatmap plus an ESD figure per layer every analysis (``log_figures_every=1``). Drawing runs on a
+worker thread, but matplotlib holds the GIL while it draws, so it can still slow the steps that
+overlap it: the mean step time and p99 show that where the median may not.
 
 Target: under 5% on this 2-core CPU at every_n_steps=50 for the small CNN; under 1% on a GPU at
 every_n_steps=100.
@@ -17,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
+from dataclasses import dataclass, field
 from typing import Any
 
 import lightning as L
@@ -51,7 +61,37 @@ class SmallCNN(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.02, momentum=0.9)
 
 
-def run_once(steps: int, device: str, every: int | None, batch_size: int) -> dict[str, float]:
+@dataclass(frozen=True)
+class Arm:
+    """One configuration: the monitor's ``every_n_steps`` (None: no monitor), whether a
+    TensorBoard logger is attached, and further ``SpectralMonitor`` arguments."""
+
+    label: str
+    every: int | None
+    tensorboard: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def arms(every: list[int], figures: bool) -> list[Arm]:
+    """The default comparison (no logger: the monitor's analysis alone), or with ``figures``
+    the cost of drawing figures at the first ``every``."""
+    if not figures:
+        return [Arm("off", None), *(Arm(f"every_n_steps={e}", e) for e in every)]
+    e = every[0]
+    return [
+        Arm("no monitor (TB logger)", None, True),
+        Arm(f"every_n_steps={e}, heatmap first+last only", e, True, {"histogram_every": 10**9}),
+        Arm(f"every_n_steps={e}, heatmap every analysis", e, True, {"histogram_every": 1}),
+        Arm(
+            f"every_n_steps={e}, heatmap + ESD figures every analysis",
+            e,
+            True,
+            {"histogram_every": 1, "log_figures_every": 1},
+        ),
+    ]
+
+
+def run_once(steps: int, device: str, arm: Arm, batch_size: int) -> dict[str, float]:
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     data = TensorDataset(
@@ -59,11 +99,21 @@ def run_once(steps: int, device: str, every: int | None, batch_size: int) -> dic
         torch.randint(0, 10, (batch_size * 64,), generator=g),
     )
     loader = DataLoader(data, batch_size=batch_size, shuffle=True, generator=g)
-    run = timed_fit(SmallCNN(), loader, steps, device, every)
+    with tempfile.TemporaryDirectory() as log_dir:
+        run = timed_fit(
+            SmallCNN(),
+            loader,
+            steps,
+            device,
+            arm.every,
+            log_dir if arm.tensorboard else None,
+            arm.options,
+        )
     step_times = run.step_times[5:]  # the first steps include warm-up
     return {
         "total": run.total,
         "median_step": statistics.median(step_times),
+        "mean_step": statistics.fmean(step_times),
         "p99_step": p99(step_times),
         "analyses": float(len(run.monitor.history)) if run.monitor else 0.0,
         "skipped": float(run.monitor.tracker.num_skipped) if run.monitor else 0.0,
@@ -78,6 +128,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument(
+        "--figures", action="store_true", help="measure drawing the heatmap and ESD figures"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -85,27 +138,36 @@ def main() -> None:
         torch.cuda.get_device_name() if args.device == "cuda" else f"CPU x{torch.get_num_threads()}"
     )
     print(f"device: {name}; steps: {args.steps}; batch: {args.batch_size}; repeats: {args.repeat}")
-    run_once(20, args.device, None, args.batch_size)  # warm-up: kernels, allocator, imports
-    configs: list[int | None] = [None, *args.every]
-    results: dict[int | None, list[dict[str, float]]] = {c: [] for c in configs}
+    run_once(20, args.device, Arm("warm-up", None), args.batch_size)  # kernels, imports
+    configs = arms(args.every, args.figures)
+    results: dict[str, list[dict[str, float]]] = {a.label: [] for a in configs}
     for _ in range(args.repeat):  # interleaved, so drifts in machine load hit every config
-        for every in configs:
-            results[every].append(run_once(args.steps, args.device, every, args.batch_size))
+        for arm in configs:
+            results[arm.label].append(run_once(args.steps, args.device, arm, args.batch_size))
 
-    def med(every: int | None, key: str) -> float:
-        return statistics.median(r[key] for r in results[every])
+    def med(arm: Arm, key: str) -> float:
+        return statistics.median(r[key] for r in results[arm.label])
 
-    base_total, base_step = med(None, "total"), med(None, "median_step")
-    header = "| monitor | fit s (median) | overhead | median step ms | p99 step ms | analyses |"
-    print(f"\n{header} skipped |")
-    print("|---|---|---|---|---|---|---|")
-    for every in configs:
-        label = "off" if every is None else f"every_n_steps={every}"
-        total = med(every, "total")
+    def spread(arm: Arm, key: str) -> str:
+        values = [1e3 * r[key] for r in results[arm.label]]
+        return f"{min(values):.2f}–{max(values):.2f}"
+
+    base = configs[0]
+    base_total, base_step = med(base, "total"), med(base, "median_step")
+    base_mean = med(base, "mean_step")
+    print(
+        "\n| monitor | fit s (median) | overhead | median step ms (range) | step ratio | "
+        "mean step ms | mean ratio | p99 step ms | analyses | skipped |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for arm in configs:
+        total = med(arm, "total")
         print(
-            f"| {label} | {total:.3f} | {100 * (total / base_total - 1):+.1f}% | "
-            f"{1e3 * med(every, 'median_step'):.2f} | {1e3 * med(every, 'p99_step'):.2f} | "
-            f"{med(every, 'analyses'):.0f} | {med(every, 'skipped'):.0f} |"
+            f"| {arm.label} | {total:.3f} | {100 * (total / base_total - 1):+.1f}% | "
+            f"{1e3 * med(arm, 'median_step'):.2f} ({spread(arm, 'median_step')}) | "
+            f"{med(arm, 'median_step') / base_step:.3f} | {1e3 * med(arm, 'mean_step'):.2f} | "
+            f"{med(arm, 'mean_step') / base_mean:.3f} | {1e3 * med(arm, 'p99_step'):.2f} | "
+            f"{med(arm, 'analyses'):.0f} | {med(arm, 'skipped'):.0f} |"
         )
     print(f"\nbaseline median step {1e3 * base_step:.2f} ms")
 

@@ -4,15 +4,19 @@
 
 Writes docs/over_regularization.png: left, alpha per layer and the mean over training, with the
 2 and 6 guides; right, the last ESD of the middle layer on log-log axes with its power-law fit.
-Writes docs/alpha_heatmap.png, the heatmap the monitor logs as ``spectral/alpha_heatmap``.
+Writes docs/alpha_heatmap.png, the last heatmap the monitor logs as ``spectral/alpha_heatmap``.
 When Debian's ``chromium`` is installed (it is for these docs only; no test needs it), also
 docs/tensorboard_custom_scalars.png: a real ``tensorboard`` server on 127.0.0.1 over the same run,
-its Custom Scalars tab captured by headless Chromium.
+its Custom Scalars tab (every category open, smoothing 0, outliers not ignored) captured by
+headless Chromium driven over the DevTools protocol (a pipe; no extra package).
 """
 
 from __future__ import annotations
 
+import base64
 import importlib.util
+import json
+import os
 import shutil
 import socket
 import subprocess
@@ -21,12 +25,14 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import matplotlib.image as mpimg
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from spectral_monitor.plots import plot_alpha_heatmap, plot_alpha_trajectories, plot_esd
+from spectral_monitor.plots import plot_alpha_trajectories, plot_esd
+from spectral_monitor.tensorboard_sink import draw_figures
 
 HERE = Path(__file__).resolve().parent
 
@@ -41,11 +47,8 @@ def main() -> Path:
         monitor = demo.main(["--logdir", logdir])
         screenshot_tensorboard(Path(logdir), HERE / "tensorboard_custom_scalars.png")
     history = monitor.history
-    layers, steps, alpha = history.alpha_matrix()
-    heatmap = plot_alpha_heatmap(
-        layers, steps, alpha, title="alpha by layer (over-regularising run)"
-    )
-    heatmap.savefig(HERE / "alpha_heatmap.png", dpi=100)
+    # The very picture the monitor logs (same drawing, unreliable fits hatched).
+    mpimg.imsave(HERE / "alpha_heatmap.png", draw_figures(None, history)["alpha_heatmap"])
     print(f"wrote {HERE / 'alpha_heatmap.png'}")
     curves = {name: history.alpha(name) for name in history.layers}
     curves["alpha_mean"] = (history.steps, history.aggregates["alpha_mean"])
@@ -69,9 +72,112 @@ def main() -> Path:
     return out
 
 
-def screenshot_tensorboard(logdir: Path, out: Path, seconds: float = 60.0) -> Path | None:
+# Collects the elements matching a CSS selector across every shadow root (TensorBoard's
+# dashboards are Polymer components, each in its own shadow DOM).
+_DEEP_QUERY = """(selector) => {
+  const found = [];
+  const walk = (root) => {
+    root.querySelectorAll(selector).forEach((e) => found.push(e));
+    root.querySelectorAll("*").forEach((e) => { if (e.shadowRoot) walk(e.shadowRoot); });
+  };
+  walk(document);
+  return found;
+}"""
+_CARDS = "tf-custom-scalar-multi-line-chart-card, tf-custom-scalar-margin-chart-card"
+
+
+class HeadlessChromium:
+    """Headless Chromium driven through the DevTools protocol over a pipe
+    (``--remote-debugging-pipe``: JSON messages ended by a NUL byte, commands on the browser's
+    fd 3, replies and events on its fd 4), so no websocket client or driver package is needed.
+    """
+
+    def __init__(self, browser: str, width: int, height: int) -> None:
+        self._profile = tempfile.TemporaryDirectory()
+        to_browser, self._out = os.pipe()
+        self._in, from_browser = os.pipe()
+
+        def to_fds_3_and_4() -> None:  # in the child: dup first, the pipes may sit on 3 or 4
+            commands, replies = os.dup(to_browser), os.dup(from_browser)
+            os.dup2(commands, 3)
+            os.dup2(replies, 4)
+            for fd in (3, 4):  # dup2 onto itself leaves close-on-exec set
+                os.set_inheritable(fd, True)
+
+        self._process = subprocess.Popen(
+            [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+             "--remote-debugging-pipe", f"--user-data-dir={self._profile.name}",
+             f"--window-size={width},{height}", "about:blank"],
+            preexec_fn=to_fds_3_and_4,
+            close_fds=False,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        os.close(to_browser)
+        os.close(from_browser)
+        self._id = 0
+        self._buffer = b""
+        self._session: str | None = None
+        pages = [t for t in self.call("Target.getTargets")["targetInfos"] if t["type"] == "page"]
+        attached = self.call("Target.attachToTarget", targetId=pages[0]["targetId"], flatten=True)
+        self._session = attached["sessionId"]
+
+    def call(self, method: str, **params: Any) -> dict[str, Any]:
+        """Send one command (to the page once attached) and return its result."""
+        self._id += 1
+        message: dict[str, Any] = {"id": self._id, "method": method, "params": params}
+        if self._session is not None and not method.startswith("Target."):
+            message["sessionId"] = self._session
+        os.write(self._out, json.dumps(message).encode() + b"\0")
+        while True:
+            while b"\0" not in self._buffer:
+                chunk = os.read(self._in, 1 << 16)
+                if not chunk:
+                    raise RuntimeError(f"chromium exited during {method}")
+                self._buffer += chunk
+            raw, self._buffer = self._buffer.split(b"\0", 1)
+            reply = json.loads(raw)
+            if reply.get("id") == self._id:  # anything else is an event: not needed here
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                return reply["result"]
+
+    def evaluate(self, expression: str) -> Any:
+        """The value of a JavaScript expression in the page."""
+        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True)
+        return result["result"].get("value")
+
+    def close(self) -> None:
+        try:
+            self.call("Browser.close")
+        except (OSError, RuntimeError):
+            self._process.kill()
+        self._process.wait(timeout=30)
+        os.close(self._in)
+        os.close(self._out)
+        self._profile.cleanup()
+
+
+def _wait_for(condition: Any, seconds: float, what: str, poll: float = 0.5) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {seconds:.0f} s for {what}")
+        time.sleep(poll)
+
+
+def screenshot_tensorboard(
+    logdir: Path, out: Path, seconds: float = 90.0, size: tuple[int, int] = (1500, 1300)
+) -> Path | None:
     """Serve ``logdir`` with ``tensorboard`` on a free loopback port and capture its Custom
-    Scalars tab with headless Chromium; None (nothing written) when chromium is not installed."""
+    Scalars tab with headless Chromium; None (nothing written) when chromium is not installed.
+
+    Smoothing 0 (in the URL) and "Ignore outliers in chart scaling" off (TensorBoard keeps it in
+    the browser's localStorage; on, it clips the first analyses, where alpha is largest). Every
+    category is open, so the per-layer interval charts show; the picture is taken once every
+    chart card exists and no data request has been made for 2 s. Checks and prints the order in
+    which the interval charts are shown (it should be the model's).
+    """
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
         print("chromium not found: no TensorBoard screenshot (apt-get install chromium)")
@@ -79,34 +185,57 @@ def screenshot_tensorboard(logdir: Path, out: Path, seconds: float = 60.0) -> Pa
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    base = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
         [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host",
          "127.0.0.1", "--port", str(port), "--samples_per_plugin", "images=100"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
+    chrome = None
     try:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
+        layout: dict[str, Any] = {}
+
+        def layout_served() -> bool:
             try:
-                url = f"http://127.0.0.1:{port}/data/plugin/custom_scalars/layout"
-                with urllib.request.urlopen(url, timeout=5) as response:
-                    if b"alpha_hat" in response.read():
-                        break
+                with urllib.request.urlopen(f"{base}/data/plugin/custom_scalars/layout") as r:
+                    layout.update(json.load(r))
             except OSError:
-                pass
-            time.sleep(0.5)
-        with tempfile.TemporaryDirectory() as profile:
-            subprocess.run(
-                [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                 f"--user-data-dir={profile}", "--window-size=1500,780",
-                 "--virtual-time-budget=20000", f"--screenshot={out}",
-                 f"http://127.0.0.1:{port}/#custom_scalars&_smoothingWeight=0"],
-                check=True,
-                timeout=120,
-                capture_output=True,
-            )  # fmt: skip
+                return False
+            return "alpha_hat" in json.dumps(layout)
+
+        _wait_for(layout_served, seconds, "tensorboard to serve the layout")
+        expected = sum(len(c["chart"]) for c in layout["category"])
+        chrome = HeadlessChromium(browser, *size)
+        url = f"{base}/#custom_scalars&_smoothingWeight=0"
+        chrome.call("Page.navigate", url=url)
+        _wait_for(lambda: chrome.evaluate("document.readyState") == "complete", seconds, "page")
+        chrome.evaluate("localStorage.setItem('_ignoreYOutliers', 'false')")
+        chrome.call("Page.reload", ignoreCache=True)
+        cards = f"({_DEEP_QUERY})({json.dumps(_CARDS)})"
+        _wait_for(lambda: chrome.evaluate(f"{cards}.length") == expected, seconds, "chart cards")
+        requests = "performance.getEntriesByType('resource').length"
+        seen = [-1]
+
+        def settled() -> bool:  # polled every 2 s: no request since the last poll
+            count = chrome.evaluate(requests)
+            unchanged = count == seen[0]
+            seen[0] = count
+            return unchanged
+
+        _wait_for(settled, seconds, "the charts' data", poll=2.0)
+        shown = chrome.evaluate(f"{cards}.map((e) => e.title)")
+        for category in layout["category"]:
+            if category["title"].endswith("alpha with its interval"):
+                listed = [c["title"] for c in category["chart"]]
+                order = [t for t in shown if t in listed]
+                note = "model order" if order == listed[::-1] else "NOT the model order"
+                print(f"interval charts shown as {order} ({note})")
+        png = chrome.call("Page.captureScreenshot", format="png")["data"]
+        out.write_bytes(base64.b64decode(png))
     finally:
+        if chrome is not None:
+            chrome.close()
         server.terminate()
         server.wait(timeout=10)
     print(f"wrote {out}")

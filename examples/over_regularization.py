@@ -2,7 +2,7 @@
 
 An MLP memorises random labels with SGD at a large learning rate (0.2, momentum 0.9) on batches
 of 4. Its layers' spectra grow heavy tails: mean alpha falls from ~6 at initialisation to under 2
-within about 100 steps, and a threshold rule (``stop_below=2.0, stop_on="alpha_mean"``) ends the
+within about 50 steps, and a threshold rule (``stop_below=2.0, stop_on="alpha_mean"``) ends the
 run, saying why. (The default rule, a fall of alpha_mean from its early level, is the one the stop
 study found safe on healthy runs; see README "Stopping".)
 

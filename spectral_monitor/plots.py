@@ -13,6 +13,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from spectral_monitor.metrics import OVER_TRAINED_BELOW, UNDER_TRAINED_ABOVE
 from spectral_monitor.powerlaw_fit import PowerLawFit
@@ -167,9 +168,18 @@ def plot_alpha_heatmap(
     bar.set_label("alpha (2 and 6 marked)")
     for level, color in ((OVER_TRAINED_BELOW, "black"), (UNDER_TRAINED_ABOVE, "#8172b2")):
         bar.ax.axhline(level, color=color, lw=2)
-    marks = {OVER_TRAINED_BELOW, UNDER_TRAINED_ABOVE, *(float(t) for t in bar.get_ticks())}
     lo, hi = float(norm.vmin or 0.0), float(norm.vmax or 0.0)  # set by the mesh by now
-    bar.set_ticks(sorted(t for t in marks if lo <= t <= hi))
+    # The default ticks are spaced for the longer upper half (2 .. 6+), which leaves the lower
+    # half, drawn as tall as the upper, without a number: it gets ticks of its own. 2 and 6
+    # always show; a tick closer to one already kept than 6 % of the bar would print over it.
+    below = MaxNLocator(nbins=3).tick_values(lo, OVER_TRAINED_BELOW)
+    candidates = [float(t) for t in (*bar.get_ticks(), *below)]
+    bar_ticks = [t for t in (OVER_TRAINED_BELOW, UNDER_TRAINED_ABOVE) if lo <= t <= hi]
+    for t in sorted(c for c in candidates if lo <= c <= hi):
+        if all(abs(float(norm(t)) - float(norm(k))) >= 0.06 for k in bar_ticks):
+            bar_ticks.append(t)
+    bar_ticks.sort()
+    bar.set_ticks(bar_ticks, labels=[f"{t:g}" for t in bar_ticks])
     return fig
 
 

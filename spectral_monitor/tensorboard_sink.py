@@ -79,33 +79,49 @@ def custom_scalar_layout(
         lower = [rf"^{p}/alpha_mean$", rf"^{p}/alpha_min$"]
         if threshold is not None:
             lower.append(rf"^{p}/stop_threshold$")
-        layout[prefix] = {
+        # Listed in the order the tab shows them: all line charts first, then the margin charts
+        # (see _shown_in_order).
+        charts: dict[str, list[Any]] = {
             "alpha — all layers": ["Multiline", [rf"^{p}/alpha/"]],
             "λmax — all layers": ["Multiline", [rf"^{p}/lambda_max/"]],
             "alpha_mean and alpha_min": ["Multiline", lower],
             "alpha_hat": ["Multiline", [rf"^{p}/alpha_hat$"]],
-            "alpha_mean ± std over layers": [
-                "Margin",
-                [
-                    f"{prefix}/alpha_mean",
-                    f"{prefix}/alpha_mean_minus_std",
-                    f"{prefix}/alpha_mean_plus_std",
-                ],
-            ],
         }
         if entry.by_type:
-            layout[prefix]["alpha by module type"] = ["Multiline", [rf"^{p}/alpha_by_type/"]]
+            charts["alpha by module type"] = ["Multiline", [rf"^{p}/alpha_by_type/"]]
+        charts["alpha_mean ± std over layers"] = [
+            "Margin",
+            [
+                f"{prefix}/alpha_mean",
+                f"{prefix}/alpha_mean_minus_std",
+                f"{prefix}/alpha_mean_plus_std",
+            ],
+        ]
+        layout[prefix] = charts
         if entry.layers:
             # One margin chart per layer: alpha inside its confidence interval. Margin charts
             # take exact tags, not regexes, so they are listed by layer, in their own category.
-            layout[f"{prefix} — alpha with its interval"] = {
-                f"alpha — {name}": [
-                    "Margin",
-                    [f"{prefix}/{key}/{name}" for key in ("alpha", "alpha_lo", "alpha_hi")],
-                ]
-                for name in entry.layers
-            }
+            layout[f"{prefix} — alpha with its interval"] = _shown_in_order(
+                {
+                    f"alpha — {name}": [
+                        "Margin",
+                        [f"{prefix}/{key}/{name}" for key in ("alpha", "alpha_lo", "alpha_hi")],
+                    ]
+                    for name in entry.layers
+                }
+            )
     return layout
+
+
+def _shown_in_order(margin_charts: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    """``margin_charts`` listed so that the Custom Scalars tab shows them in the given order.
+
+    TensorBoard's tab (checked with 2.21 in headless Chromium, ``docs/make_figures.py``) shows a
+    category's line charts in layout order and then its margin charts in *reverse* layout order;
+    listed as given, the per-layer interval charts of a 48-layer model would read from the last
+    layer to the first.
+    """
+    return dict(reversed(list(margin_charts.items())))
 
 
 def _log_dir(writer: Any) -> str:

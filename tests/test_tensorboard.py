@@ -137,6 +137,21 @@ def test_layout_charts_per_prefix() -> None:
     assert all("stop_threshold" not in r for r in layout["raw"]["alpha_mean and alpha_min"][1])
     assert charts["alpha_mean ± std over layers"][0] == "Margin"
     assert "alpha by module type" in charts and "alpha by module type" not in layout["raw"]
+    # The tab shows line charts first, then margin charts in reverse: the layout lists the
+    # line charts first, so that what is listed is what is shown.
+    kinds = [kind for kind, _ in charts.values()]
+    assert kinds == sorted(kinds, key=lambda k: k == "Margin")
+
+
+def test_interval_charts_are_listed_for_the_tab_to_show_them_in_model_order() -> None:
+    layers = ("net.0", "net.2", "net.4")
+    layout = custom_scalar_layout({"spectral": LayoutEntry(layers=layers)})
+    intervals = layout["spectral — alpha with its interval"]
+    assert list(intervals) == [f"alpha — {name}" for name in reversed(layers)]
+    assert intervals["alpha — net.2"] == [
+        "Margin",
+        ["spectral/alpha/net.2", "spectral/alpha_lo/net.2", "spectral/alpha_hi/net.2"],
+    ]
 
 
 # --- event files -----------------------------------------------------------------------------
@@ -189,7 +204,8 @@ def test_event_files_hold_tags_layout_and_pictures(two_monitor_run) -> None:
             for regex in chart.multiline.tag:
                 assert any(re.match(regex, tag) for tag in scalars), (chart.title, regex)
         if " — " in category.title:  # one margin chart per layer: alpha, alpha_lo, alpha_hi
-            assert [c.title for c in category.chart] == [f"alpha — {la}" for la in LAYERS]
+            # Listed last layer first: the tab shows margin charts in reverse layout order.
+            assert [c.title for c in category.chart] == [f"alpha — {la}" for la in LAYERS][::-1]
             continue
         hat = next(c for c in category.chart if c.title == "alpha_hat")
         assert [t for t in scalars if re.match(hat.multiline.tag[0], t)] == [
@@ -239,6 +255,24 @@ def test_heatmap_hatches_unreliable_fits() -> None:
     assert reliable.tolist() == [[0.0, 0.0], [1.0, 1.0]]
     images = draw_figures(None, history)
     assert images["alpha_heatmap"].ndim == 3
+
+
+@pytest.mark.parametrize("values", [[5.0, 4.0, 1.45], [15.0, 4.0, 0.3], [3.0, 3.0, 3.0]])
+def test_heatmap_colour_bar_numbers_both_halves_without_overlap(values: list[float]) -> None:
+    from spectral_monitor.plots import plot_alpha_heatmap
+
+    figure = plot_alpha_heatmap(["a"], [0, 1, 2], np.array([values]))
+    bar = figure.axes[-1]
+    low, high = bar.get_ylim()
+    ticks = [t for t in bar.get_yticks() if low <= t <= high]
+    assert {2.0, 6.0} <= set(ticks)
+    assert any(t < 2.0 for t in ticks)  # the lower half, as tall as the upper, has numbers
+    labels = [t.get_text() for t in bar.get_yticklabels()]
+    assert "2" in labels and "6" in labels
+    # No two numbers print over each other: 6 % of the bar apart (positions in bar units).
+    norm = figure.axes[0].collections[0].norm
+    positions = sorted(float(norm(t)) for t in ticks)
+    assert min(np.diff(positions)) >= 0.06
 
 
 def test_plain_loop_uses_the_same_sink(tmp_path) -> None:
