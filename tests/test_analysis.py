@@ -398,7 +398,7 @@ def test_same_shape_groups_are_split_by_the_gram_budget(monkeypatch) -> None:
     together = eigen.batched_eigenvalues(stacks)
     calls = []
     real = torch.linalg.eigvalsh
-    monkeypatch.setattr(eigen, "_GROUP_BYTES", 3 * 30 * 30 * 4)  # three 30x30 Grams per call
+    monkeypatch.setattr(eigen, "_CPU_GROUP_BYTES", 3 * 30 * 30 * 4)  # three 30x30 Grams a call
     monkeypatch.setattr(torch.linalg, "eigvalsh", lambda g: calls.append(g.shape[0]) or real(g))
     split = eigen.batched_eigenvalues(stacks)
     assert sorted(calls) == [1, 3, 3, 4]  # 7 layers of one shape in runs of 3; the conv alone
