@@ -244,25 +244,30 @@ def _all_distances(
     """
     batch, n = logs.shape
     device = logs.device
-    idx = torch.arange(n, device=device)
     D = torch.empty((batch, n), dtype=torch.float64, device=device)
     budget = _TILE_ELEMENTS_CPU if device.type == "cpu" else _TILE_ELEMENTS_GPU
-    chunk = max(1, min(n, budget // max(1, batch * n)))
-    # Padding repeats the row's largest value, so padded points reproduce that point's gap and
-    # need no mask; only j < i must be masked, and that pattern is the same in every chunk.
-    below = idx[:chunk].unsqueeze(1) > idx.unsqueeze(0)  # (chunk, n): j < i
-    tile = torch.empty((batch, chunk, n), dtype=torch.float64, device=device)
-    for i0 in range(0, n, chunk):
-        i1 = min(n, i0 + chunk)
-        rows, cols = i1 - i0, n - i0
-        t = tile[:, :rows, :cols]
+    # The tail of candidate i starts at i, so the chunk from i0 needs n - i0 columns; the rows
+    # per chunk grow as the columns shrink, keeping each tile near the budget (half the chunks,
+    # and the per-operation overhead, of a fixed row count).
+    size = min(batch * n * n, max(budget, batch * n))  # the largest tile; see fit_work_bytes
+    buffer = torch.empty(size, dtype=torch.float64, device=device)
+    idx = torch.arange(n, device=device)
+    i0 = 0
+    while i0 < n:
+        cols = n - i0
+        rows = max(1, min(cols, budget // (batch * cols)))
+        i1 = i0 + rows
+        t = buffer[: batch * rows * cols].view(batch, rows, cols)
         # t = E - T = (first_j - i) / n_tail_i - 1 + (x_j / x_i) ** (1 - alpha_i), in place.
         torch.sub(logs[:, i0:].unsqueeze(1), logs[:, i0:i1].unsqueeze(2), out=t)
         t.mul_(slope[:, i0:i1].unsqueeze(2)).exp_()
         t.addcmul_(first_f[:, i0:].unsqueeze(1), inv_tail[:, i0:i1].unsqueeze(2))
         t.sub_((offset[:, i0:i1] + 1.0).unsqueeze(2)).abs_()
-        t.masked_fill_(below[:rows, :cols], 0.0)
+        # Padding repeats the row's largest value, so padded points reproduce that point's gap
+        # and need no mask; only j < i is masked (the same pattern in every row of the batch).
+        t.masked_fill_(idx[:rows].unsqueeze(1) > idx[:cols].unsqueeze(0), 0.0)
         torch.amax(t, dim=2, out=D[:, i0:i1])
+        i0 = i1
     return D
 
 
@@ -608,18 +613,25 @@ def fit_work_bytes(
 ) -> int:
     """Bytes the fit of spectra of these lengths holds at most: its KS tile (bounded by
     ``_TILE_ELEMENTS_*``) and a dozen (rows × n) float64 work arrays (rows: the spectra, or their
-    bootstrap resamples, when fitted as one batch)."""
+    bootstrap resamples, fitted as one padded batch: all of them on a GPU, the short ones on a
+    CPU)."""
     if not lengths:
         return 0
     device = torch.device(device)
-    rows = len(lengths)
+    per_length = 1
     if options is not None and options.interval == "bootstrap":
-        rows *= options.n_boot
-    batch = rows if device.type != "cpu" else 1
-    n = max(lengths)
+        per_length = options.n_boot
+    if device.type != "cpu":  # every spectrum (resample) in one padded batch
+        groups = [(len(lengths) * per_length, max(lengths))]
+    else:  # the short ones in one padded batch, each long one alone
+        short = [n for n in lengths if n <= _CPU_BATCH_MAX_VALUES]
+        long = [n for n in lengths if n > _CPU_BATCH_MAX_VALUES]
+        groups = [(len(short) * per_length, max(short))] if short else []
+        groups += [(1, max(long))] if long else []
     budget = _TILE_ELEMENTS_CPU if device.type == "cpu" else _TILE_ELEMENTS_GPU
-    tile = min(batch * n * n, max(budget, batch * n))
-    return 8 * (tile + 12 * batch * n)
+    return max(
+        8 * (min(batch * n * n, max(budget, batch * n)) + 12 * batch * n) for batch, n in groups
+    )
 
 
 def fit_power_law_batched(
