@@ -53,16 +53,18 @@ __all__ = [
 ]
 
 
-def _weight_problems(spectra: list[torch.Tensor]) -> list[str | None]:
+def _weight_problems(spectra: list[torch.Tensor | EigenError]) -> list[str | None]:
     """Why each layer's weight cannot be analysed, read off its eigenvalues (NaN: NaN or Inf
     weights, see :func:`~spectral_monitor.eigen.eigenvalues`; all zero: all-zero weights), or
-    None; one host transfer per device for all layers, not one per layer."""
+    None (also for a solver failure, which is its own reason); one host transfer per device for
+    all layers, not one per layer."""
     out: list[str | None] = [None] * len(spectra)
+    solved = {k: evals for k, evals in enumerate(spectra) if isinstance(evals, torch.Tensor)}
     by_device: dict[torch.device, list[int]] = {}
-    for k, evals in enumerate(spectra):
+    for k, evals in solved.items():
         by_device.setdefault(evals.device, []).append(k)
     for members in by_device.values():
-        tops = torch.stack([spectra[k].amax() for k in members])  # NaN propagates into amax
+        tops = torch.stack([solved[k].amax() for k in members])  # NaN propagates into amax
         for k, top in zip(members, tops.cpu().tolist(), strict=True):
             if not math.isfinite(top):
                 out[k] = "non-finite weights (NaN or Inf), or a Gram matrix beyond float range"
@@ -92,15 +94,14 @@ def _spectra(
     matrix stacks they came from (for the memory account); solver failures mark rows skipped."""
     stacks = [weight_matrices(snap.weight, config.conv2d) for _, snap in todo]  # type: ignore[arg-type]
     spectra = batched_eigenvalues(stacks, config.precision)
-    solved = {j: evals for j, evals in enumerate(spectra) if isinstance(evals, torch.Tensor)}
-    problems = dict(zip(solved, _weight_problems(list(solved.values())), strict=True))
+    problems = _weight_problems(spectra)
     good: list[tuple[int, torch.Tensor]] = []
-    for j, ((k, snap), stack, evals) in enumerate(zip(todo, stacks, spectra, strict=True)):
+    for (k, snap), stack, evals, problem in zip(todo, stacks, spectra, problems, strict=True):
         if isinstance(evals, EigenError):
             rows[k].skipped = f"eigensolver failed: {evals}"
             continue
-        if problems[j] is not None:
-            rows[k].skipped = problems[j]
+        if problem is not None:
+            rows[k].skipped = problem
             continue
         scale = 0.5 if (config.conv2d == "slices" and snap.kind == "conv2d") else 1.0
         if config.normalize:

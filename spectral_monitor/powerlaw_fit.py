@@ -230,6 +230,28 @@ def _fit_padded(
     return alpha_b, x.gather(1, best).squeeze(1), D.gather(1, best).squeeze(1), sigma_b, n_tail_b
 
 
+def _tile_budget(device: torch.device) -> int:
+    """Elements of one KS tile on ``device`` (see ``_TILE_ELEMENTS_*``)."""
+    return _TILE_ELEMENTS_CPU if device.type == "cpu" else _TILE_ELEMENTS_GPU
+
+
+def _largest_tile(batch: int, n: int, device: torch.device) -> int:
+    """Elements of the largest tile :func:`_all_distances` makes for a (batch, n) padded batch:
+    the budget, but at least one candidate row of every spectrum and at most the whole square."""
+    return min(batch * n * n, max(_tile_budget(device), batch * n))
+
+
+def _padded_groups(lengths: Sequence[int], batch: bool) -> list[list[int]]:
+    """The spectra (indices into ``lengths``) fitted together as one padded batch: all of them
+    (``batch``, the GPU path), or else the short ones (<= ``_CPU_BATCH_MAX_VALUES`` values)
+    together and each longer one alone, with candidate pruning."""
+    if batch:
+        return [list(range(len(lengths)))]
+    groups = [[k] for k, n in enumerate(lengths) if n > _CPU_BATCH_MAX_VALUES]
+    short = [k for k, n in enumerate(lengths) if n <= _CPU_BATCH_MAX_VALUES]
+    return [*groups, short] if short else groups
+
+
 def _all_distances(
     logs: torch.Tensor,
     slope: torch.Tensor,
@@ -245,12 +267,11 @@ def _all_distances(
     batch, n = logs.shape
     device = logs.device
     D = torch.empty((batch, n), dtype=torch.float64, device=device)
-    budget = _TILE_ELEMENTS_CPU if device.type == "cpu" else _TILE_ELEMENTS_GPU
+    budget = _tile_budget(device)
     # The tail of candidate i starts at i, so the chunk from i0 needs n - i0 columns; the rows
     # per chunk grow as the columns shrink, keeping each tile near the budget (half the chunks,
     # and the per-operation overhead, of a fixed row count).
-    size = min(batch * n * n, max(budget, batch * n))  # the largest tile; see fit_work_bytes
-    buffer = torch.empty(size, dtype=torch.float64, device=device)
+    buffer = torch.empty(_largest_tile(batch, n, device), dtype=torch.float64, device=device)
     idx = torch.arange(n, device=device)
     i0 = 0
     while i0 < n:
@@ -481,14 +502,7 @@ def _ks_rows(
     in one padded batch and each longer one alone with candidate pruning."""
     device = xs[0].device
     out = torch.empty((len(xs), 5), dtype=torch.float64, device=device)
-    if batch:
-        groups = [list(range(len(xs)))]
-    else:
-        short = [k for k, x in enumerate(xs) if x.numel() <= _CPU_BATCH_MAX_VALUES]
-        groups = [[k] for k in range(len(xs)) if k not in set(short)]
-        if short:
-            groups.append(short)
-    for group in groups:
+    for group in _padded_groups([x.numel() for x in xs], batch):
         sizes = [xs[k].numel() for k in group]
         lengths = torch.tensor(sizes, device=device)
         padded = torch.empty((len(group), max(sizes)), dtype=torch.float64, device=device)
@@ -621,17 +635,15 @@ def fit_work_bytes(
     per_length = 1
     if options is not None and options.interval == "bootstrap":
         per_length = options.n_boot
-    if device.type != "cpu":  # every spectrum (resample) in one padded batch
-        groups = [(len(lengths) * per_length, max(lengths))]
-    else:  # the short ones in one padded batch, each long one alone
-        short = [n for n in lengths if n <= _CPU_BATCH_MAX_VALUES]
-        long = [n for n in lengths if n > _CPU_BATCH_MAX_VALUES]
-        groups = [(len(short) * per_length, max(short))] if short else []
-        groups += [(1, max(long))] if long else []
-    budget = _TILE_ELEMENTS_CPU if device.type == "cpu" else _TILE_ELEMENTS_GPU
-    return max(
-        8 * (min(batch * n * n, max(budget, batch * n)) + 12 * batch * n) for batch, n in groups
-    )
+    work = 0
+    for group in _padded_groups(lengths, device.type != "cpu"):
+        n = max(lengths[k] for k in group)
+        # Resamples keep their spectrum's length: short ones join its batch, long ones are each
+        # fitted alone.
+        alone = device.type == "cpu" and n > _CPU_BATCH_MAX_VALUES
+        batch = 1 if alone else len(group) * per_length
+        work = max(work, 8 * (_largest_tile(batch, n, device) + 12 * batch * n))
+    return work
 
 
 def fit_power_law_batched(
