@@ -25,9 +25,14 @@ from bench_utils import markdown_table
 from spectral_monitor.powerlaw_fit import fit_power_law
 
 
+def pareto_tail(alpha: float, n: int, rng: np.random.Generator) -> np.ndarray:
+    """n values of a Pareto law with exponent alpha above xmin = 1 (inverse CDF)."""
+    return (1.0 - rng.random(n)) ** (-1.0 / (alpha - 1.0))
+
+
 def sample(alpha: float, n_tail: int, rng: np.random.Generator) -> np.ndarray:
     """A Pareto(alpha, xmin=1) tail of n_tail values over a uniform bulk of n_tail values."""
-    tail = (1.0 - rng.random(n_tail)) ** (-1.0 / (alpha - 1.0))
+    tail = pareto_tail(alpha, n_tail, rng)
     bulk = rng.uniform(0.05, 1.0, size=n_tail)
     return np.concatenate([bulk, tail])
 

@@ -34,16 +34,13 @@ import math
 import numpy as np
 import torch
 from bench_utils import markdown_table
+from interval_coverage import pareto_tail
 from scipy.special import gammainc, ndtri
 
 from spectral_monitor.intervals import XMIN_CHOICE_INFLATION
 from spectral_monitor.powerlaw_fit import fit_power_law
 
 Z90 = float(ndtri(0.95))
-
-
-def pareto(alpha: float, n: int, rng: np.random.Generator) -> np.ndarray:
-    return (1.0 - rng.random(n)) ** (-1.0 / (alpha - 1.0))
 
 
 def uniform_bulk(n: int, rng: np.random.Generator) -> np.ndarray:
@@ -67,9 +64,9 @@ def scores(alpha: float, n_tail: int, seeds: int, bulk: str, seed: int) -> np.nd
     out = []
     for _ in range(seeds):
         if bulk == "uniform":
-            x = np.concatenate([uniform_bulk(n_tail, rng), pareto(alpha, n_tail, rng)])
+            x = np.concatenate([uniform_bulk(n_tail, rng), pareto_tail(alpha, n_tail, rng)])
         else:
-            x = np.concatenate([mp_bulk(4 * n_tail, rng), pareto(alpha, n_tail, rng)])
+            x = np.concatenate([mp_bulk(4 * n_tail, rng), pareto_tail(alpha, n_tail, rng)])
         fit = fit_power_law(x)
         total = fit.n_tail / (fit.alpha - 1.0)  # S, the sum of ln(x / xmin) over the tail
         u = gammainc(fit.n_tail - 1, (alpha - 1.0) * total)
