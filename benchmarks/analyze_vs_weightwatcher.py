@@ -9,7 +9,7 @@ best of ``--repeat`` wall times of:
 - ``analyze(m, conv="slices", normalize=False)`` — WeightWatcher's convention ("ours slices");
 - ``analyze(m)`` — our default (``conv="flatten"``, ``normalize=True``);
 - the *floor*: float32 Gram ``WᵀW`` + ``torch.linalg.eigvalsh`` on exactly the matrices
-  ``analyze()`` builds (``spectral_monitor.layers.weight_matrices``), one call per layer, in each
+  ``analyze()`` builds (``weights.layers.weight_matrices``), one call per layer, in each
   of the two conv2d modes. ``analyze()/floor`` is the cost of everything that is not the solver.
 
 It also prints the largest relative alpha difference ``|Δalpha| / alpha_WW`` between the slices
@@ -53,7 +53,7 @@ from bench_utils import (
 from torch import nn
 
 from spectral_monitor import analyze
-from spectral_monitor.layers import select_layers, weight_matrices
+from spectral_monitor.weights.layers import select_layers, weight_matrices
 
 #: Layers with fewer eigenvalues are left out of the alpha comparison (WeightWatcher's fitter
 #: switches to a small-sample estimator below 20 points).

@@ -30,7 +30,12 @@ from bench_utils import markdown_table
 from interval_coverage import sample
 from scipy.special import ndtr, ndtri
 
-from spectral_monitor.powerlaw_fit import FitOptions, _bootstrap_alphas, _prepare, fit_power_law
+from spectral_monitor.spectra.powerlaw_fit import (
+    FitOptions,
+    _bootstrap_alphas,
+    _prepare,
+    fit_power_law,
+)
 
 METHODS = ("percentile", "pivotal", "bias-corrected")
 

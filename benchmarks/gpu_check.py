@@ -35,8 +35,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from spectral_monitor import analyze
-from spectral_monitor.eigen import batched_eigenvalues
-from spectral_monitor.layers import select_layers, weight_matrices
+from spectral_monitor.spectra.eigen import batched_eigenvalues
+from spectral_monitor.weights.layers import select_layers, weight_matrices
 
 
 def gpt2_small_linears(blocks: int = 12, dim: int = 768) -> nn.Module:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from bench_utils import markdown_table
 
-from spectral_monitor.powerlaw_fit import fit_power_law
+from spectral_monitor.spectra.powerlaw_fit import fit_power_law
 
 
 def pareto_tail(alpha: float, n: int, rng: np.random.Generator) -> np.ndarray:

@@ -26,7 +26,7 @@ from bench_utils import markdown_table
 from sklearn.datasets import load_digits
 from torch import nn
 
-from spectral_monitor.powerlaw_fit import fit_power_law
+from spectral_monitor.spectra.powerlaw_fit import fit_power_law
 
 RANDOM_SHAPES = ((16, 16), (64, 64), (128, 128), (256, 256), (512, 512), (10, 256), (64, 256))
 TAIL_RULES = (20, 30, 50)

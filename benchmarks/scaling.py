@@ -17,8 +17,8 @@ from bench_utils import median_seconds, thread_setting
 from torch import nn
 
 from spectral_monitor import analyze
-from spectral_monitor.eigen import batched_eigenvalues
-from spectral_monitor.layers import select_layers, weight_matrices
+from spectral_monitor.spectra.eigen import batched_eigenvalues
+from spectral_monitor.weights.layers import select_layers, weight_matrices
 
 
 def measure(model: nn.Module, repeat: int, device: str) -> tuple[float, float]:

@@ -24,7 +24,7 @@ runs (train once, replay the rules).
 - seeds: 0, 1, 2 (full); 0, 1 (``--quick``, which also drops the transformer and the CNN of width
   64 and halves the long runs).
 
-Rules (all replayed on each run's readings; ``spectral_monitor.stopping`` implements them):
+Rules (all replayed on each run's readings; ``spectral_monitor.live.stopping`` implements them):
 ``today`` alpha_mean < 2, patience 1 (the shipped rule before this study, with the reliable-only
 aggregates); ``mean_p3``, ``mean_p5``: alpha_mean < 2 for 3 / 5 consecutive analyses;
 ``min_p3``: alpha_min < 2 for 3; ``layer_p3``, ``layer_p5``: one reliable layer with alpha < 2 for
@@ -73,7 +73,7 @@ import torch
 from torch import nn
 
 from spectral_monitor import analyze
-from spectral_monitor.stopping import (
+from spectral_monitor.live.stopping import (
     DropStopRule,
     LayerReading,
     LayerStopRule,

@@ -1,5 +1,5 @@
 """How much the data-chosen xmin widens the sampling spread of alpha: the calibration of the
-analytic interval's ``XMIN_CHOICE_INFLATION`` (spectral_monitor/intervals.py), then its check on
+analytic interval's ``XMIN_CHOICE_INFLATION`` (spectra/intervals.py), then its check on
 data it was not calibrated on.
 
 Given xmin, ``(alpha - 1) * S`` with ``S = sum(ln(x / xmin))`` over the tail is Gamma(n_tail - 1,
@@ -37,8 +37,8 @@ from bench_utils import markdown_table
 from interval_coverage import pareto_tail
 from scipy.special import gammainc, ndtri
 
-from spectral_monitor.intervals import XMIN_CHOICE_INFLATION
-from spectral_monitor.powerlaw_fit import fit_power_law
+from spectral_monitor.spectra.intervals import XMIN_CHOICE_INFLATION
+from spectral_monitor.spectra.powerlaw_fit import fit_power_law
 
 Z90 = float(ndtri(0.95))
 

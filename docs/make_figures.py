@@ -31,8 +31,8 @@ import matplotlib.image as mpimg
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from spectral_monitor.plots import plot_alpha_trajectories, plot_esd
-from spectral_monitor.tensorboard_sink import draw_figures
+from spectral_monitor.sinks.plots import plot_alpha_trajectories, plot_esd
+from spectral_monitor.sinks.tensorboard_sink import draw_figures
 
 HERE = Path(__file__).resolve().parent
 

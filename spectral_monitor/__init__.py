@@ -5,23 +5,23 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from spectral_monitor.analysis import AnalysisConfig, analyze
-from spectral_monitor.history import SpectralHistory
-from spectral_monitor.layers import register_layer
-from spectral_monitor.powerlaw_fit import (
+from spectral_monitor.acting.prune_ratios import LayerSparsity, prune_ratios
+from spectral_monitor.analysis.analyze import AnalysisConfig, analyze
+from spectral_monitor.analysis.history import SpectralHistory
+from spectral_monitor.analysis.report import LayerSpectrum, SpectralReport
+from spectral_monitor.spectra.powerlaw_fit import (
     FitOptions,
     PowerLawFit,
     fit_power_law,
     fit_power_law_batched,
 )
-from spectral_monitor.prune_ratios import LayerSparsity, prune_ratios
-from spectral_monitor.report import LayerSpectrum, SpectralReport
+from spectral_monitor.weights.layers import register_layer
 
 if TYPE_CHECKING:
-    from spectral_monitor.balancer import SpectralBalancer
-    from spectral_monitor.callback import SpectralMonitor
+    from spectral_monitor.acting.balancer import SpectralBalancer
+    from spectral_monitor.integrations.lightning_callback import SpectralMonitor
+    from spectral_monitor.live.tracker import SpectralTracker
     from spectral_monitor.spectral_analysis import SpectralAnalysis
-    from spectral_monitor.tracker import SpectralTracker
 
 __version__ = "0.1.0"
 
@@ -50,9 +50,9 @@ __all__ = [
 # or `analyze()` do not pay for them.
 _LAZY = {
     "SpectralAnalysis": "spectral_monitor.spectral_analysis",
-    "SpectralBalancer": "spectral_monitor.balancer",
-    "SpectralMonitor": "spectral_monitor.callback",
-    "SpectralTracker": "spectral_monitor.tracker",
+    "SpectralBalancer": "spectral_monitor.acting.balancer",
+    "SpectralMonitor": "spectral_monitor.integrations.lightning_callback",
+    "SpectralTracker": "spectral_monitor.live.tracker",
 }
 
 

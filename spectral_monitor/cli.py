@@ -10,7 +10,7 @@ safetensors file (recognised by content, whatever its name) and builds the per-l
 the weights alone. ``history`` reads the TensorBoard events a run wrote and prints the alpha
 trajectories per layer, each step once (a run resumed into the same directory included).
 ``prune-ratios`` prints AlphaPruning's per-layer sparsities for a target sparsity
-(:mod:`spectral_monitor.prune_ratios`).
+(:mod:`spectral_monitor.acting.prune_ratios`).
 
 Exit codes: 0 success; 2 bad command line; 3 file or directory not found; 4 the file cannot be
 read as weights (or the directory holds no spectral events); 5 no analysable layer in the file;
@@ -33,16 +33,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from spectral_monitor.analysis import analyze_snapshot
-from spectral_monitor.config import DEFAULT_MIN_EVALS, AnalysisConfig
-from spectral_monitor.layers import CONV_MODES, KINDS, LORA_MODES, left_out_message
-from spectral_monitor.report import SpectralReport
-from spectral_monitor.snapshot import (
+from spectral_monitor.analysis.analyze import analyze_snapshot
+from spectral_monitor.analysis.config import DEFAULT_MIN_EVALS, AnalysisConfig
+from spectral_monitor.analysis.report import SpectralReport
+from spectral_monitor.analysis.snapshot import (
     LayerSnapshot,
     select,
     snapshot_state_dict,
     subtract_base,
 )
+from spectral_monitor.weights.layers import CONV_MODES, KINDS, LORA_MODES, left_out_message
 
 __all__ = [
     "EXIT_EMPTY",
@@ -228,7 +228,7 @@ def _analyze_with_progress(
 
 
 def _write_plots(report: SpectralReport, directory: Path) -> list[Path]:
-    from spectral_monitor.plots import plot_alpha_by_layer, plot_esd
+    from spectral_monitor.sinks.plots import plot_alpha_by_layer, plot_esd
 
     directory.mkdir(parents=True, exist_ok=True)
     written = []
@@ -311,7 +311,7 @@ def _cmd_analyze(args: argparse.Namespace, out: TextIO) -> int:
 def _cmd_prune_ratios(args: argparse.Namespace, out: TextIO) -> int:
     import json
 
-    from spectral_monitor.prune_ratios import prune_ratios
+    from spectral_monitor.acting.prune_ratios import prune_ratios
 
     config = AnalysisConfig.create(layers=args.layers, exclude=args.exclude)
     state = load_weights(args.path, trust_pickle=args.trust_pickle)
@@ -435,7 +435,7 @@ def _cmd_history(args: argparse.Namespace, out: TextIO) -> int:
 def _write_heatmaps(runs: Mapping[str, dict[str, list]], path: Path) -> list[Path]:
     """One heatmap of alpha per run (the picture ``<prefix>/alpha_heatmap`` shows in TensorBoard);
     ``path`` itself for one run, ``<stem>_<run><suffix>`` for each of several."""
-    from spectral_monitor.plots import plot_alpha_heatmap
+    from spectral_monitor.sinks.plots import plot_alpha_heatmap
 
     written = []
     for run, data in runs.items():

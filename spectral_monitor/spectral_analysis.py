@@ -12,11 +12,11 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from spectral_monitor.analysis import analyze_snapshot
-from spectral_monitor.config import AnalysisConfig
-from spectral_monitor.plots import plot_esd
-from spectral_monitor.powerlaw_fit import fit_power_law
-from spectral_monitor.snapshot import take_snapshot
+from spectral_monitor.analysis.analyze import analyze_snapshot
+from spectral_monitor.analysis.config import AnalysisConfig
+from spectral_monitor.analysis.snapshot import take_snapshot
+from spectral_monitor.sinks.plots import plot_esd
+from spectral_monitor.spectra.powerlaw_fit import fit_power_law
 
 __all__ = ["SpectralAnalysis"]
 

@@ -16,9 +16,9 @@ from lightning_helpers import TRUST_TINY
 from torch import nn
 
 from spectral_monitor import SpectralAnalysis, analyze, fit_power_law
-from spectral_monitor.analysis import AnalysisConfig
-from spectral_monitor.eigen import eigenvalues
-from spectral_monitor.layers import weight_matrices
+from spectral_monitor.analysis.analyze import AnalysisConfig
+from spectral_monitor.spectra.eigen import eigenvalues
+from spectral_monitor.weights.layers import weight_matrices
 
 SEED_ALPHA = 2.840775
 
@@ -378,7 +378,7 @@ def test_analyze_state_dict_equals_analyze_on_the_model(cnn) -> None:
 @pytest.mark.parametrize("precision", ["float32", "float64"])
 def test_chunked_upcast_gram_equals_whole_upcast(monkeypatch, precision: str) -> None:
     """A bf16 weight upcast a few rows at a time gives the eigenvalues of its exact upcast."""
-    import spectral_monitor.eigen as eigen
+    import spectral_monitor.spectra.eigen as eigen
 
     torch.manual_seed(0)
     weight = torch.randn(3, 300, 40).to(torch.bfloat16)
@@ -391,7 +391,7 @@ def test_chunked_upcast_gram_equals_whole_upcast(monkeypatch, precision: str) ->
 
 
 def test_same_shape_groups_are_split_by_the_gram_budget(monkeypatch) -> None:
-    import spectral_monitor.eigen as eigen
+    import spectral_monitor.spectra.eigen as eigen
 
     torch.manual_seed(1)
     stacks = [torch.randn(1, 90, 30) for _ in range(7)] + [torch.randn(4, 50, 20)]
@@ -408,7 +408,7 @@ def test_same_shape_groups_are_split_by_the_gram_budget(monkeypatch) -> None:
 
 
 def test_bf16_snapshot_keeps_its_dtype_and_memory_is_reported() -> None:
-    from spectral_monitor.snapshot import take_snapshot
+    from spectral_monitor.analysis.snapshot import take_snapshot
 
     model = small_mlp().bfloat16()
     config = AnalysisConfig.create()

@@ -19,15 +19,15 @@ from lightning_helpers import TRUST_TINY, RandomLabelMLP, random_label_loader, t
 from torch import nn
 
 from spectral_monitor import SpectralBalancer, SpectralMonitor, analyze, prune_ratios
-from spectral_monitor.balance_factors import (
+from spectral_monitor.acting.balance_factors import (
     block_of,
     layer_factors,
     linear_factors,
     sigmoid_factors,
 )
+from spectral_monitor.acting.param_groups import LAYERS_KEY, extend_schedulers, split_param_groups
+from spectral_monitor.analysis.report import LayerSpectrum, SpectralReport
 from spectral_monitor.cli import main
-from spectral_monitor.param_groups import LAYERS_KEY, extend_schedulers, split_param_groups
-from spectral_monitor.report import LayerSpectrum, SpectralReport
 
 SCRIPT = Path(__file__).resolve().parent / "scripts" / "ddp_balance.py"
 

@@ -27,7 +27,7 @@ from lightning_helpers import (
     trainer,
 )
 
-import spectral_monitor.worker as worker_module
+import spectral_monitor.live.worker as worker_module
 from spectral_monitor import SpectralMonitor, analyze
 
 LAYERS = ["net.0", "net.2", "net.5", "net.7"]
@@ -239,7 +239,7 @@ def test_backpressure_skips_and_counts(monkeypatch) -> None:
 def test_sharded_weights_wait_instead_of_skipping(monkeypatch) -> None:
     """With sharded weights (gathering them is a collective) a busy worker makes the rank wait:
     a rank that skipped a snapshot would leave the others hanging in the gather."""
-    import spectral_monitor.shard_plan as shard_plan_module
+    import spectral_monitor.live.shard_plan as shard_plan_module
 
     original = worker_module.analyze_snapshot
 
@@ -257,7 +257,7 @@ def test_sharded_weights_wait_instead_of_skipping(monkeypatch) -> None:
 
 
 def test_needs_collectives_is_false_for_plain_modules() -> None:
-    from spectral_monitor.sharded_weights import needs_collectives
+    from spectral_monitor.weights.sharded_weights import needs_collectives
 
     assert not needs_collectives(ConvNet())
 

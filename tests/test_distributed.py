@@ -84,8 +84,8 @@ def test_ddp_stop_decision_is_the_same_on_every_rank(tmp_path) -> None:
 def test_layers_are_assigned_once_each_and_balanced_by_cost() -> None:
     from torch import nn
 
-    from spectral_monitor.analysis import AnalysisConfig
-    from spectral_monitor.distributed import assign_layers, layer_cost, merge_reports
+    from spectral_monitor.analysis.analyze import AnalysisConfig
+    from spectral_monitor.live.distributed import assign_layers, layer_cost, merge_reports
 
     model = nn.Sequential(*[nn.Linear(64 * (1 + k % 3), 64 * (1 + k % 2)) for k in range(9)])
     config = AnalysisConfig.create()

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from spectral_monitor import analyze
-from spectral_monitor.powerlaw_fit import FitOptions, fit_power_law, fit_power_law_batched
+from spectral_monitor.spectra.powerlaw_fit import FitOptions, fit_power_law, fit_power_law_batched
 
 
 def spectra(count: int = 24) -> list[np.ndarray]:

@@ -16,7 +16,7 @@ import torch
 from lightning_helpers import TRUST_TINY, ConvNet, image_loader, trainer
 from torch import nn
 
-import spectral_monitor.eigen as eigen_module
+import spectral_monitor.spectra.eigen as eigen_module
 from spectral_monitor import SpectralMonitor, SpectralTracker, analyze
 
 

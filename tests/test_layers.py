@@ -16,7 +16,7 @@ from torch import nn
 from spectral_monitor import SpectralAnalysis, SpectralTracker, analyze, fit_power_law
 from spectral_monitor.cli import main
 from spectral_monitor.demo.models import CharTransformer, ImageClassifier
-from spectral_monitor.layers import register_layer
+from spectral_monitor.weights.layers import register_layer
 
 
 def expected_fit(matrix: torch.Tensor, rows: int | None = None, scale: float = 1.0):

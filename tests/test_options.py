@@ -9,7 +9,7 @@ import pytest
 from jsonargparse import ArgumentParser
 
 from spectral_monitor import SpectralMonitor, SpectralTracker
-from spectral_monitor.options import OPTIONS
+from spectral_monitor.analysis.options import OPTIONS
 
 
 def test_monitor_and_tracker_signatures_agree() -> None:

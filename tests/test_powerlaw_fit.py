@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from threadpoolctl import threadpool_limits
 
-from spectral_monitor.powerlaw_fit import (
+from spectral_monitor.spectra.powerlaw_fit import (
     PowerLawFit,
     _fit_padded,
     fit_power_law,

@@ -12,12 +12,12 @@ import torch
 from torch import nn
 
 from spectral_monitor import analyze, fit_power_law
-from spectral_monitor.intervals import (
+from spectral_monitor.spectra.intervals import (
     XMIN_CHOICE_INFLATION,
     analytic_interval,
     percentile_interval,
 )
-from spectral_monitor.reliability import unreliable_reason
+from spectral_monitor.spectra.reliability import unreliable_reason
 
 
 def pareto_with_bulk(alpha: float, n_tail: int, rng: np.random.Generator) -> np.ndarray:

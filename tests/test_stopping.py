@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from spectral_monitor import SpectralMonitor, SpectralTracker
-from spectral_monitor.stopping import (
+from spectral_monitor.live.stopping import (
     DropStopRule,
     LayerReading,
     LayerStopRule,

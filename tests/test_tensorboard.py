@@ -28,13 +28,13 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from spectral_monitor import SpectralMonitor, SpectralTracker, analyze
 from spectral_monitor.cli import main as cli_main
-from spectral_monitor.module_types import alpha_by_type, module_type
-from spectral_monitor.tensorboard_sink import (
+from spectral_monitor.sinks.tensorboard_sink import (
     LayoutEntry,
     custom_scalar_layout,
     draw_figures,
     verdict_table,
 )
+from spectral_monitor.weights.module_types import alpha_by_type, module_type
 
 BLOCK_LAYERS = ("attn.q_proj", "attn.k_proj", "mlp.fc1")
 
@@ -240,7 +240,7 @@ def test_verdict_table_columns(two_monitor_run) -> None:
 
 
 def test_heatmap_hatches_unreliable_fits() -> None:
-    from spectral_monitor.history import SpectralHistory
+    from spectral_monitor.analysis.history import SpectralHistory
 
     history = SpectralHistory()
     model = nn.Sequential(nn.Linear(16, 16), nn.Linear(300, 200))
@@ -259,7 +259,7 @@ def test_heatmap_hatches_unreliable_fits() -> None:
 
 @pytest.mark.parametrize("values", [[5.0, 4.0, 1.45], [15.0, 4.0, 0.3], [3.0, 3.0, 3.0]])
 def test_heatmap_colour_bar_numbers_both_halves_without_overlap(values: list[float]) -> None:
-    from spectral_monitor.plots import plot_alpha_heatmap
+    from spectral_monitor.sinks.plots import plot_alpha_heatmap
 
     figure = plot_alpha_heatmap(["a"], [0, 1, 2], np.array([values]))
     bar = figure.axes[-1]

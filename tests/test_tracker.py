@@ -12,8 +12,8 @@ from lightning_helpers import TRUST_TINY, assert_analysed_steps, read_events, sc
 from torch import nn
 
 from spectral_monitor import SpectralHistory, SpectralTracker, analyze
-from spectral_monitor.report import SpectralReport
-from spectral_monitor.stopping import ThresholdStopRule
+from spectral_monitor.analysis.report import SpectralReport
+from spectral_monitor.live.stopping import ThresholdStopRule
 
 
 def train(tracker: SpectralTracker, model: nn.Module, steps: int, lr: float = 0.05) -> list[int]:
@@ -69,7 +69,7 @@ def test_tracker_state_dict_round_trip() -> None:
 
 
 def _report(step: int, alpha: float) -> SpectralReport:
-    from spectral_monitor.report import LayerSpectrum
+    from spectral_monitor.analysis.report import LayerSpectrum
 
     layer = LayerSpectrum(
         "x", "linear", (4, 4), alpha=alpha, lambda_max=2.0, verdict="ok", reliable=True

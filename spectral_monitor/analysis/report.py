@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from spectral_monitor.metrics import aggregate_metrics
-from spectral_monitor.module_types import alpha_by_type
-from spectral_monitor.powerlaw_fit import PowerLawFit
+from spectral_monitor.spectra.metrics import aggregate_metrics
+from spectral_monitor.spectra.powerlaw_fit import PowerLawFit
+from spectral_monitor.weights.module_types import alpha_by_type
 
 __all__ = ["ROW_FIELDS", "LayerSpectrum", "SpectralReport"]
 
@@ -28,7 +28,7 @@ class LayerSpectrum:
     made-up number, when the layer is skipped or has no fit; ``skipped`` then says why.
 
     ``alpha_lo``/``alpha_hi`` bound alpha at the analysis' confidence level. ``reliable`` says
-    whether the fit can be trusted (:mod:`spectral_monitor.reliability`); when it is False,
+    whether the fit can be trusted (:mod:`spectral_monitor.spectra.reliability`); when it is False,
     ``unreliable_reason`` says why (for a skipped layer, the skip reason), ``verdict`` is
     ``"unreliable"`` and the layer enters no aggregate. Its alpha is still reported: it is data.
     """
@@ -128,7 +128,7 @@ class SpectralReport:
     @property
     def aggregates(self) -> dict[str, float]:
         """Over the reliable layers: ``alpha_mean``, ``alpha_hat``, ``alpha_min``,
-        ``frac_alpha_below_2`` (see :func:`spectral_monitor.metrics.aggregate_metrics`); and
+        ``frac_alpha_below_2`` (see :func:`spectral_monitor.spectra.metrics.aggregate_metrics`); and
         ``num_reliable``, ``num_fitted`` (layers with a fit, reliable or not), ``num_layers``,
         ``num_skipped``."""
         reliable = self.reliable
@@ -161,7 +161,7 @@ class SpectralReport:
         - ``{prefix}/alpha_mean_minus_std``, ``alpha_mean_plus_std``: alpha_mean ± the standard
           deviation of alpha over the reliable layers (a margin chart draws the band);
         - ``{prefix}/alpha_by_type/<type>``: mean alpha of the reliable layers per module type
-          shared by >= 2 layers (see :mod:`spectral_monitor.module_types`);
+          shared by >= 2 layers (see :mod:`spectral_monitor.weights.module_types`);
         - ``{prefix}_meta/layers_skipped``, ``analysis_seconds``, ``analysis_memory_mb``.
 
         NaN values are left out (loggers draw them as gaps or reject them)."""

@@ -1,9 +1,9 @@
 """``analyze()``: one spectral analysis of a model, and the pure half the callback reuses.
 
-An analysis has two halves. :func:`spectral_monitor.snapshot.take_snapshot` reads the live
+An analysis has two halves. :func:`spectral_monitor.analysis.snapshot.take_snapshot` reads the live
 parameters (it must run where the model is trained, and copies the weights when training goes on).
 :func:`analyze_snapshot` is pure: matrices → eigenvalues (batched by shape) → power-law fits
-(batched) → metrics → one :class:`~spectral_monitor.report.SpectralReport`. It can run on a worker
+(batched) → metrics → one :class:`~.report.SpectralReport`. It can run on a worker
 thread.
 """
 
@@ -20,25 +20,30 @@ import numpy as np
 import torch
 from torch import nn
 
-from spectral_monitor.config import (
+from spectral_monitor.analysis.config import (
     DEFAULT_MAX_RELATIVE_WIDTH,
     DEFAULT_MIN_EVALS,
     DEFAULT_MIN_TAIL,
     AnalysisConfig,
 )
-from spectral_monitor.eigen import EigenError, batched_eigenvalues, peak_work_bytes
-from spectral_monitor.layers import LayerFilter, left_out_message, matrix_shape, weight_matrices
-from spectral_monitor.metrics import layer_metrics, verdict
-from spectral_monitor.powerlaw_fit import PowerLawFit, fit_power_law_table, fit_work_bytes
-from spectral_monitor.reliability import degenerate_reason, unreliable_reason
-from spectral_monitor.report import LayerSpectrum, SpectralReport
-from spectral_monitor.snapshot import (
+from spectral_monitor.analysis.report import LayerSpectrum, SpectralReport
+from spectral_monitor.analysis.snapshot import (
     LayerSnapshot,
     select,
     snapshot_dtype,
     snapshot_state_dict,
     subtract_base,
     take_snapshot,
+)
+from spectral_monitor.spectra.eigen import EigenError, batched_eigenvalues, peak_work_bytes
+from spectral_monitor.spectra.metrics import layer_metrics, verdict
+from spectral_monitor.spectra.powerlaw_fit import PowerLawFit, fit_power_law_table, fit_work_bytes
+from spectral_monitor.spectra.reliability import degenerate_reason, unreliable_reason
+from spectral_monitor.weights.layers import (
+    LayerFilter,
+    left_out_message,
+    matrix_shape,
+    weight_matrices,
 )
 
 __all__ = [
@@ -55,7 +60,7 @@ __all__ = [
 
 def _weight_problems(spectra: list[torch.Tensor | EigenError]) -> list[str | None]:
     """Why each layer's weight cannot be analysed, read off its eigenvalues (NaN: NaN or Inf
-    weights, see :func:`~spectral_monitor.eigen.eigenvalues`; all zero: all-zero weights), or
+    weights, see :func:`~..spectra.eigen.eigenvalues`; all zero: all-zero weights), or
     None (also for a solver failure, which is its own reason); one host transfer per device for
     all layers, not one per layer."""
     out: list[str | None] = [None] * len(spectra)
@@ -228,7 +233,7 @@ def analyze(
     Args:
         model: any ``torch.nn.Module``; or a bare state dict, when the model class is not at
             hand: layers are then recognised by key and shape
-            (:func:`spectral_monitor.layers.select_state_dict`), with the same names.
+            (:func:`spectral_monitor.weights.layers.select_state_dict`), with the same names.
         layers: keep only layers whose name matches one of these glob patterns
             (``"encoder.*"``) or whose module is one of these types; None keeps all.
         exclude: drop layers matching any of these patterns or types.

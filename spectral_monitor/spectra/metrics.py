@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from spectral_monitor.powerlaw_fit import PowerLawFit
+from spectral_monitor.spectra.powerlaw_fit import PowerLawFit
 
 __all__ = [
     "OVER_TRAINED_BELOW",
@@ -31,7 +31,7 @@ UNDER_TRAINED_ABOVE = 6.0
 
 def verdict(alpha: float, reliable: bool = True) -> str:
     """``"over-trained"`` (alpha < 2), ``"under-trained"`` (alpha > 6), ``"well-trained"``;
-    ``"unreliable"`` for a fit that cannot be trusted (see :mod:`spectral_monitor.reliability`:
+    ``"unreliable"`` for a fit that cannot be trusted (see :mod:`.reliability`:
     never a verdict from a handful of eigenvalues), ``"no fit"`` for a NaN alpha."""
     if not math.isfinite(alpha):
         return "no fit"

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from spectral_monitor.report import SpectralReport
+from spectral_monitor.analysis.report import SpectralReport
 
 __all__ = ["AGGREGATE_KEYS", "SpectralHistory"]
 

@@ -33,15 +33,14 @@ import numpy as np
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import nn
 
-from spectral_monitor.config import AnalysisConfig
-from spectral_monitor.distributed import Gather
-from spectral_monitor.history import SpectralHistory
-from spectral_monitor.layers import left_out_message
-from spectral_monitor.options import bind_options, with_options
-from spectral_monitor.report import SpectralReport
-from spectral_monitor.shard_plan import ShardPlan
-from spectral_monitor.snapshot import select
-from spectral_monitor.stopping import (
+from spectral_monitor.analysis.config import AnalysisConfig
+from spectral_monitor.analysis.history import SpectralHistory
+from spectral_monitor.analysis.options import bind_options, with_options
+from spectral_monitor.analysis.report import SpectralReport
+from spectral_monitor.analysis.snapshot import select
+from spectral_monitor.live.distributed import Gather
+from spectral_monitor.live.shard_plan import ShardPlan
+from spectral_monitor.live.stopping import (
     ALPHA_HAT_REFUSAL,
     BOUNDS,
     STOP_ON,
@@ -49,9 +48,10 @@ from spectral_monitor.stopping import (
     StopRule,
     make_stop_rule,
 )
-from spectral_monitor.tensorboard_sink import TensorBoardSink, draw_figures
-from spectral_monitor.validation import check_choice, check_int, check_number
-from spectral_monitor.worker import AnalysisWorker
+from spectral_monitor.live.worker import AnalysisWorker
+from spectral_monitor.sinks.tensorboard_sink import TensorBoardSink, draw_figures
+from spectral_monitor.utilities.validation import check_choice, check_int, check_number
+from spectral_monitor.weights.layers import left_out_message
 
 __all__ = ["MODES", "SpectralTracker"]
 
@@ -85,7 +85,7 @@ class SpectralTracker:
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        # The signature is OPTIONS + log_dir (see spectral_monitor.options), set by with_options.
+        # The signature is OPTIONS + log_dir (see analysis/options.py), set by with_options.
         options = bind_options(SpectralTracker, args, kwargs)
         every_n_steps, mode = options["every_n_steps"], options["mode"]
         max_snapshot_bytes, prefix = options["max_snapshot_bytes"], options["prefix"]
@@ -178,7 +178,7 @@ class SpectralTracker:
         """Split every analysis across ``world_size`` ranks (None/1: no split).
 
         Each rank analyses its share of the layers (assigned by cost), and ``gather`` merges the
-        parts into the report every rank takes in; :class:`~spectral_monitor.shard_plan.ShardPlan`
+        parts into the report every rank takes in; :class:`~.shard_plan.ShardPlan`
         owns these rules. Then :meth:`submit` and ``collect(block=True)`` are
         collectives: every rank must call them at the same points, and nothing is skipped for
         back-pressure (a rank waits for its previous part instead), so the ranks stay in step.
@@ -231,7 +231,7 @@ class SpectralTracker:
             report_step: the step the report is stamped and logged with, if it differs from
                 ``step`` (Lightning's logging step counts batches, not optimizer steps).
             root: the module that owns ``model``'s sharded parameters when it wraps ``model``
-                (an FSDP wrapper); see :func:`~spectral_monitor.snapshot.take_snapshot`.
+                (an FSDP wrapper); see :func:`~spectral_monitor.analysis.snapshot.take_snapshot`.
         """
         self._last_attempt = step
         self._step = step if self._step is None else max(self._step, step)

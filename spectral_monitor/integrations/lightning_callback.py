@@ -25,13 +25,13 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import nn
 from typing_extensions import override
 
-from spectral_monitor.distributed import torch_gather
-from spectral_monitor.history import SpectralHistory
-from spectral_monitor.options import bind_options, with_options
-from spectral_monitor.report import SpectralReport
-from spectral_monitor.snapshot import select
-from spectral_monitor.tensorboard_sink import TensorBoardSink
-from spectral_monitor.tracker import SpectralTracker
+from spectral_monitor.analysis.history import SpectralHistory
+from spectral_monitor.analysis.options import bind_options, with_options
+from spectral_monitor.analysis.report import SpectralReport
+from spectral_monitor.analysis.snapshot import select
+from spectral_monitor.live.distributed import torch_gather
+from spectral_monitor.live.tracker import SpectralTracker
+from spectral_monitor.sinks.tensorboard_sink import TensorBoardSink
 
 __all__ = ["SpectralMonitor"]
 
@@ -73,7 +73,7 @@ class SpectralMonitor(Callback):
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        # The signature is OPTIONS (see spectral_monitor.options), set by with_options; the
+        # The signature is OPTIONS (see spectral_monitor.analysis.options), set by with_options; the
         # tracker validates and keeps them.
         self.tracker = SpectralTracker(**bind_options(SpectralMonitor, args, kwargs))
         self.tracker.sinks.append(self._log_report)

@@ -24,7 +24,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from spectral_monitor.report import SpectralReport
+from spectral_monitor.analysis.report import SpectralReport
 
 __all__ = [
     "BOUNDS",

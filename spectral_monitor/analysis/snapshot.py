@@ -2,7 +2,7 @@
 
 This is the one impure step of an analysis: it reads live parameters (gathering sharded ones,
 which is a collective) and copies them so that training can go on while a worker analyses the
-copy. Everything after it (:func:`spectral_monitor.analysis.analyze_snapshot`) is pure.
+copy. Everything after it (:func:`spectral_monitor.analysis.analyze.analyze_snapshot`) is pure.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from spectral_monitor.config import AnalysisConfig
-from spectral_monitor.layers import LayerSpec, Selection, select_layers, select_state_dict
-from spectral_monitor.sharded_weights import full_parameters, full_weight, is_sharded
+from spectral_monitor.analysis.config import AnalysisConfig
+from spectral_monitor.weights.layers import LayerSpec, Selection, select_layers, select_state_dict
+from spectral_monitor.weights.sharded_weights import full_parameters, full_weight, is_sharded
 
 __all__ = [
     "LayerSnapshot",
@@ -145,7 +145,7 @@ def snapshot_state_dict(
     state_dict: Mapping[str, Any], config: AnalysisConfig, selection: Selection | None = None
 ) -> list[LayerSnapshot]:
     """Like :func:`take_snapshot`, for a bare state dict (see
-    :func:`spectral_monitor.layers.select_state_dict` for how keys become layers)."""
+    :func:`spectral_monitor.weights.layers.select_state_dict` for how keys become layers)."""
     if selection is None:
         selection = select(state_dict, config)
     return [

@@ -2,8 +2,8 @@
 
 One object owns the every-rank rules of an analysis, so that the tracker only schedules:
 
-- the layer order (the selection of :mod:`spectral_monitor.layers`, the same on every rank);
-- each rank's share (:func:`~spectral_monitor.distributed.assign_layers`, by cost);
+- the layer order (the selection of :mod:`spectral_monitor.weights.layers`, the same on every rank);
+- each rank's share (:func:`~spectral_monitor.live.distributed.assign_layers`, by cost);
 - the snapshot, in which every rank gathers every sharded weight (a collective) and keeps its own;
 - whether a busy worker may skip a snapshot (only when no collective is involved);
 - the gather of the ranks' parts and their merge into the one report every rank takes in.
@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from spectral_monitor.config import AnalysisConfig
-from spectral_monitor.distributed import Gather, assign_layers, merge_reports
-from spectral_monitor.sharded_weights import needs_collectives
-from spectral_monitor.snapshot import LayerSnapshot, select, take_snapshot
-from spectral_monitor.worker import AnalysisResult
+from spectral_monitor.analysis.config import AnalysisConfig
+from spectral_monitor.analysis.snapshot import LayerSnapshot, select, take_snapshot
+from spectral_monitor.live.distributed import Gather, assign_layers, merge_reports
+from spectral_monitor.live.worker import AnalysisResult
+from spectral_monitor.weights.sharded_weights import needs_collectives
 
 __all__ = ["ShardPlan"]
 
@@ -68,7 +68,7 @@ class ShardPlan:
         root: nn.Module | None = None,
     ) -> list[LayerSnapshot]:
         """This rank's share of a new analysis, copied (see
-        :func:`~spectral_monitor.snapshot.take_snapshot`); remembers the layer order for
+        :func:`~spectral_monitor.analysis.snapshot.take_snapshot`); remembers the layer order for
         :meth:`merge`."""
         only = None
         if self.sharded:

@@ -15,12 +15,12 @@ import textwrap
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from spectral_monitor.config import (
+from spectral_monitor.analysis.config import (
     DEFAULT_MAX_RELATIVE_WIDTH,
     DEFAULT_MIN_EVALS,
     DEFAULT_MIN_TAIL,
 )
-from spectral_monitor.layers import LayerFilter
+from spectral_monitor.weights.layers import LayerFilter
 
 __all__ = ["OPTIONS", "OPTIONS_DOC", "bind_options", "monitor_options", "with_options"]
 

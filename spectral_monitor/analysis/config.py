@@ -15,8 +15,10 @@ from typing import Any
 
 import torch
 
-from spectral_monitor.eigen import PRECISIONS, Precision
-from spectral_monitor.layers import (
+from spectral_monitor.spectra.eigen import PRECISIONS, Precision
+from spectral_monitor.spectra.powerlaw_fit import FitOptions
+from spectral_monitor.utilities.validation import check_choice, check_int, check_number
+from spectral_monitor.weights.layers import (
     CONV_MODES,
     LORA_MODES,
     ConvMode,
@@ -26,8 +28,6 @@ from spectral_monitor.layers import (
     normalize_filter,
     normalize_kinds,
 )
-from spectral_monitor.powerlaw_fit import FitOptions
-from spectral_monitor.validation import check_choice, check_int, check_number
 
 __all__ = [
     "DEFAULT_MAX_RELATIVE_WIDTH",
@@ -40,7 +40,7 @@ __all__ = [
 #: threshold): a tail fit on a handful of points is noise. Such layers are still fitted and their
 #: alpha reported, but they get no verdict and enter no aggregate.
 DEFAULT_MIN_EVALS = 50
-#: Fits with fewer tail values are unreliable (see :mod:`spectral_monitor.reliability`).
+#: Fits with fewer tail values are unreliable (see :mod:`spectral_monitor.spectra.reliability`).
 DEFAULT_MIN_TAIL = 30
 #: Fits whose interval is wider than this times (alpha - 1) are unreliable.
 DEFAULT_MAX_RELATIVE_WIDTH = 1.0
@@ -64,7 +64,7 @@ class AnalysisConfig:
         precision: eigensolver precision, ``"float32"`` or ``"float64"``.
         device: where to compute; None uses each weight's own device.
         fit: estimator, fingers and confidence interval of the power-law fit.
-        kinds: the layer kinds analysed (:data:`spectral_monitor.layers.KINDS`); None: every
+        kinds: the layer kinds analysed (:data:`spectral_monitor.weights.layers.KINDS`); None: every
             kind but ``"embedding"``.
         lora: a peft LoRA layer as its ``"effective"`` weight W + scale·B·A, its ``"adapter"``
             scale·B·A, or its frozen ``"base"`` W.
@@ -112,7 +112,7 @@ class AnalysisConfig:
         xmin_position: float = 2.0,
     ) -> AnalysisConfig:
         """Validate user arguments and build a config (the fit's options: see
-        :func:`spectral_monitor.powerlaw_fit.fit_power_law`). ``conv2d`` is ``conv``'s
+        :func:`spectral_monitor.spectra.powerlaw_fit.fit_power_law`). ``conv2d`` is ``conv``'s
         deprecated name (a FutureWarning; it wins over ``conv``'s default).
 
         Raises:

@@ -29,10 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from spectral_monitor.history import SpectralHistory
-from spectral_monitor.module_types import alpha_by_type
-from spectral_monitor.plots import figure_to_array, plot_alpha_heatmap, plot_esd
-from spectral_monitor.report import SpectralReport
+from spectral_monitor.analysis.history import SpectralHistory
+from spectral_monitor.analysis.report import SpectralReport
+from spectral_monitor.sinks.plots import figure_to_array, plot_alpha_heatmap, plot_esd
+from spectral_monitor.weights.module_types import alpha_by_type
 
 __all__ = [
     "LayoutEntry",

@@ -12,7 +12,7 @@ How the value reaches the optimizer (README "Acting on alpha"):
 1. ``on_fit_start`` (after ``configure_optimizers``, before a checkpoint's optimizer state is
    restored): each analysed layer's parameters get a param group of their own, appended after the
    user's groups and copying the options of the group they came from; the user's schedulers get
-   the matching per-group entries (:mod:`spectral_monitor.param_groups`).
+   the matching per-group entries (:mod:`spectral_monitor.acting.param_groups`).
 2. For each such group the balancer keeps ``base``, the value the user's configuration gives
    (their scheduler included), and writes ``base × factor`` into the group — what the optimizer
    uses and what ``LearningRateMonitor`` shows.
@@ -35,16 +35,16 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
-from spectral_monitor.balance_factors import GROUPS, MAPPINGS, layer_factors
-from spectral_monitor.callback import SpectralMonitor, _logging_step
-from spectral_monitor.param_groups import (
+from spectral_monitor.acting.balance_factors import GROUPS, MAPPINGS, layer_factors
+from spectral_monitor.acting.param_groups import (
     LAYERS_KEY,
     extend_schedulers,
     layer_owners,
     split_param_groups,
 )
-from spectral_monitor.snapshot import select
-from spectral_monitor.validation import check_choice, check_int, check_number
+from spectral_monitor.analysis.snapshot import select
+from spectral_monitor.integrations.lightning_callback import SpectralMonitor, _logging_step
+from spectral_monitor.utilities.validation import check_choice, check_int, check_number
 
 __all__ = ["DEFAULT_RANGES", "TARGETS", "SpectralBalancer"]
 
@@ -77,7 +77,7 @@ class SpectralBalancer(Callback):
         scale, temperature: the sigmoid map's s (default 0.25) and T (default 10).
         group: ``"layer"`` (default) or ``"block"``: map the mean alpha of each transformer
             block or parent module (``blocks.3``, ``model.layers.3``; see
-            :func:`~spectral_monitor.balance_factors.block_of`), every layer of a block takes
+            :func:`~spectral_monitor.acting.balance_factors.block_of`), every layer of a block takes
             its factor (Model Balancing, AlphaPruning).
         ramp_steps: move each factor linearly from its old to its new value over this many
             optimizer steps (LLR: 50); 0 (default): at once.

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from spectral_monitor.estimators import (
+from spectral_monitor.spectra.estimators import (
     CLIP_FINGER_RANGE,
     ESTIMATORS,
     FINGERS,
@@ -31,13 +31,13 @@ from spectral_monitor.estimators import (
     hill_median,
     peak_allowed,
 )
-from spectral_monitor.intervals import (
+from spectral_monitor.spectra.intervals import (
     INTERVALS,
     analytic_interval,
     bootstrap_samples,
     percentile_interval,
 )
-from spectral_monitor.validation import check_choice, check_int, check_number
+from spectral_monitor.utilities.validation import check_choice, check_int, check_number
 
 __all__ = [
     "FitOptions",
@@ -79,7 +79,7 @@ class PowerLawFit:
         num_values: number of positive values that entered the fit (zeros are ignored).
         reason: ``None`` for a valid fit, otherwise why there is none.
         alpha_lo, alpha_hi: two-sided confidence interval of alpha (see
-            :mod:`spectral_monitor.intervals`); NaN when there is no fit or no interval.
+            :mod:`spectral_monitor.spectra.intervals`); NaN when there is no fit or no interval.
         num_fingers: top values left out by ``fingers="clip"`` (0 otherwise).
     """
 
@@ -391,10 +391,10 @@ class FitOptions:
 
     Attributes:
         estimator: ``"ks"`` (exact Clauset–Shalizi–Newman search, the default), ``"hill_median"``
-            or ``"ks_peak"`` (see :mod:`spectral_monitor.estimators`).
+            or ``"ks_peak"`` (see :mod:`spectral_monitor.spectra.estimators`).
         xmin_position: ``hill_median`` puts xmin at index ``int(N / xmin_position)``.
         fingers: None, or ``"clip"`` (WeightWatcher's ``clip_xmax``).
-        interval: ``"analytic"`` or ``"bootstrap"`` (see :mod:`spectral_monitor.intervals`).
+        interval: ``"analytic"`` or ``"bootstrap"`` (see :mod:`spectral_monitor.spectra.intervals`).
         confidence: level of the two-sided interval, in (0, 1).
         n_boot: resamples for ``interval="bootstrap"``.
         seed: seed of the bootstrap's generator (an analysis is reproducible).
@@ -684,9 +684,9 @@ def fit_power_law(
         estimator: ``"ks"`` (default: every xmin tried, smallest KS distance wins),
             ``"hill_median"`` (xmin at index ``int(N / xmin_position)``, TempBalance's) or
             ``"ks_peak"`` (KS search with xmin in [0.95, 1.5] × the ESD's peak, WeightWatcher's
-            ``xmin_peak``); see :mod:`spectral_monitor.estimators`.
+            ``xmin_peak``); see :mod:`spectral_monitor.spectra.estimators`.
         interval: ``"analytic"`` (default, exact given xmin) or ``"bootstrap"`` (``n_boot``
-            resamples, xmin chosen again each time); see :mod:`spectral_monitor.intervals`.
+            resamples, xmin chosen again each time); see :mod:`spectral_monitor.spectra.intervals`.
         confidence: level of the interval ``[alpha_lo, alpha_hi]``.
         n_boot: resamples for the bootstrap.
         fingers: ``"clip"`` drops top outliers as WeightWatcher's ``clip_xmax``; None keeps all.

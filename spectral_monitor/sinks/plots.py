@@ -15,8 +15,8 @@ from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from spectral_monitor.metrics import OVER_TRAINED_BELOW, UNDER_TRAINED_ABOVE
-from spectral_monitor.powerlaw_fit import PowerLawFit
+from spectral_monitor.spectra.metrics import OVER_TRAINED_BELOW, UNDER_TRAINED_ABOVE
+from spectral_monitor.spectra.powerlaw_fit import PowerLawFit
 
 __all__ = [
     "figure_to_array",

@@ -17,8 +17,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from spectral_monitor.balance_factors import block_of, linear_factors
-from spectral_monitor.report import SpectralReport
+from spectral_monitor.acting.balance_factors import block_of, linear_factors
+from spectral_monitor.analysis.report import SpectralReport
 
 __all__ = ["LayerSparsity", "prune_ratios"]
 
@@ -53,7 +53,7 @@ def prune_ratios(
         report: an analysis of the model (every layer with a fitted alpha takes part).
         sparsity: the target fraction of weights pruned overall, in (0, 1).
         epsilon: the spread ε of the ratios, in [0, 1).
-        block: use each block's mean alpha (:func:`~spectral_monitor.balance_factors.block_of`).
+        block: use each block's mean alpha (:func:`~.balance_factors.block_of`).
 
     Raises:
         ValueError: ``sparsity`` or ``epsilon`` out of range, or a layer's sparsity would be

@@ -2,7 +2,7 @@
 
 Gathering a shard is a collective: every rank must ask for the same weights in the same order,
 also the ranks that will not analyse them (a rank that skips one leaves the others waiting
-forever). :func:`spectral_monitor.snapshot.take_snapshot` therefore gathers every selected
+forever). :func:`spectral_monitor.analysis.snapshot.take_snapshot` therefore gathers every selected
 sharded layer on every rank, one at a time, and only the owner keeps its copy.
 """
 

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from spectral_monitor.layers import LayerSpec
+from spectral_monitor.weights.layers import LayerSpec
 
 __all__ = [
     "LAYERS_KEY",

@@ -1,6 +1,6 @@
 """The peers' tail estimators, as pure functions on one sorted spectrum.
 
-The default fit (:mod:`spectral_monitor.powerlaw_fit`, ``estimator="ks"``) searches every xmin
+The default fit (:mod:`.powerlaw_fit`, ``estimator="ks"``) searches every xmin
 for the smallest Kolmogorov–Smirnov distance. The training-time peers use cheaper or more
 constrained variants, and a user comparing numbers with them needs the same ones:
 

@@ -13,10 +13,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from spectral_monitor.config import AnalysisConfig
-from spectral_monitor.layers import matrix_shape
-from spectral_monitor.report import SpectralReport
-from spectral_monitor.snapshot import select
+from spectral_monitor.analysis.config import AnalysisConfig
+from spectral_monitor.analysis.report import SpectralReport
+from spectral_monitor.analysis.snapshot import select
+from spectral_monitor.weights.layers import matrix_shape
 
 __all__ = ["Gather", "assign_layers", "layer_cost", "merge_reports", "torch_gather"]
 

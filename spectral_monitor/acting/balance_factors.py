@@ -2,7 +2,7 @@
 use to turn a layer's power-law exponent into a multiplier of its learning rate or weight decay.
 
 Pure functions on ``{layer name: alpha}``. The callback that applies them is
-:class:`spectral_monitor.balancer.SpectralBalancer`.
+:class:`spectral_monitor.acting.balancer.SpectralBalancer`.
 
 - ``linear`` (TempBalance, AlphaDecay, LLR):
   ``f_i = low + (high − low)(α_i − α_min)/(α_max − α_min)`` over the balanced alphas; all-equal
@@ -20,8 +20,8 @@ import fnmatch
 import math
 from collections.abc import Mapping, Sequence
 
-from spectral_monitor.report import SpectralReport
-from spectral_monitor.validation import check_choice
+from spectral_monitor.analysis.report import SpectralReport
+from spectral_monitor.utilities.validation import check_choice
 
 __all__ = [
     "GROUPS",

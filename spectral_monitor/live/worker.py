@@ -1,7 +1,7 @@
 """Running analyses off the training thread.
 
 The training thread hands over a snapshot (float32 copies of the weights, already taken) and goes
-on. A single worker thread runs :func:`~spectral_monitor.analysis.analyze_snapshot` on it. On CUDA
+on. A single worker thread runs :func:`~..analysis.analyze.analyze_snapshot` on it. On CUDA
 the worker computes on its own stream, which first waits on an event recorded on the training
 stream right after the copies were enqueued, so the copies are complete before they are read and
 the training stream never waits for the analysis. ``torch.linalg`` decompositions synchronise the
@@ -33,10 +33,10 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from spectral_monitor.analysis import analyze_snapshot
-from spectral_monitor.config import AnalysisConfig
-from spectral_monitor.report import SpectralReport
-from spectral_monitor.snapshot import LayerSnapshot
+from spectral_monitor.analysis.analyze import analyze_snapshot
+from spectral_monitor.analysis.config import AnalysisConfig
+from spectral_monitor.analysis.report import SpectralReport
+from spectral_monitor.analysis.snapshot import LayerSnapshot
 
 __all__ = ["WORKER_MODES", "AnalysisResult", "AnalysisWorker", "RenderResult"]
 

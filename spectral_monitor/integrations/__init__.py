@@ -1,0 +1,1 @@
+"""Adapters to trainers: the Lightning callback."""

@@ -1,0 +1,3 @@
+"""Where reports are written: TensorBoard scalars, histograms, layouts and the verdict table;
+figures.
+"""

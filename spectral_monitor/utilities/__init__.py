@@ -1,0 +1,1 @@
+"""Argument checks shared by every layer of the package."""
