@@ -71,10 +71,12 @@ class SpectralBalancer(Callback):
         mapping: ``"linear"`` (default; TempBalance, AlphaDecay, LLR):
             ``low + (high − low)(α − α_min)/(α_max − α_min)``, or ``"sigmoid"`` (Model
             Balancing): ``10^(scale · (sigmoid(temperature · (α − mean α)) − 0.5))``.
-        low, high: the linear map's factors at the smallest and largest alpha; None: the
-            target's default (0.5, 1.5 for ``lr`` as TempBalance; 0.667, 3 for
-            ``weight_decay`` as AlphaDecay).
-        scale, temperature: the sigmoid map's s (default 0.25) and T (default 10).
+        low: the linear map's factor at the smallest alpha; None: the target's default (0.5
+            for ``lr`` as TempBalance; 0.667 for ``weight_decay`` as AlphaDecay).
+        high: the linear map's factor at the largest alpha; None: the target's default (1.5
+            for ``lr``; 3 for ``weight_decay``).
+        scale: the sigmoid map's s (default 0.25).
+        temperature: the sigmoid map's T (default 10).
         group: ``"layer"`` (default) or ``"block"``: map the mean alpha of each transformer
             block or parent module (``blocks.3``, ``model.layers.3``; see
             :func:`~spectral_monitor.acting.balance_factors.block_of`), every layer of a block takes
