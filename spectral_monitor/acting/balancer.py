@@ -36,6 +36,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
 from spectral_monitor.acting.balance_factors import GROUPS, MAPPINGS, layer_factors
+from spectral_monitor.acting.factor_ramp import FactorRamp
 from spectral_monitor.acting.param_groups import (
     LAYERS_KEY,
     extend_schedulers,
@@ -140,12 +141,7 @@ class SpectralBalancer(Callback):
         self.exclude = tuple(exclude or ())
         self.skip_first_last = skip_first_last
         self.monitor_prefix = monitor_prefix
-        #: The factor now applied, per analysed layer name.
-        self.factors: dict[str, float] = {}
-        self._start: dict[str, float] = {}  # factors when the last report came in (ramp origin)
-        self._goal: dict[str, float] = {}  # factors the last report asks for
-        self._ramp_from: int = 0  # optimizer step at which the ramp started
-        self._report_step: int | None = None  # step of the report the goal comes from
+        self._ramp = FactorRamp(ramp_steps)
         self._base: dict[str, float] = {}  # per balanced group (see groups): the user's value
         self._applied: dict[str, float] = {}  # per balanced group: the value written into it
         self._restored: dict[str, Any] | None = None
@@ -161,6 +157,11 @@ class SpectralBalancer(Callback):
     @override
     def state_key(self) -> str:
         return self._generate_state_key(target=self.target, monitor_prefix=self.monitor_prefix)
+
+    @property
+    def factors(self) -> dict[str, float]:
+        """The factor now applied, per analysed layer name."""
+        return self._ramp.factors
 
     @property
     def groups(self) -> dict[str, dict[str, Any]]:
@@ -179,11 +180,13 @@ class SpectralBalancer(Callback):
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._monitor = self._find_monitor(trainer)
-        if self._restored is None:  # a new run (not a resume): factors start at 1
-            self.factors, self._start, self._goal = {}, {}, {}
-            self._report_step, self._ramp_from = None, 0
-            self._base, self._applied = {}, {}
         specs = select(pl_module, self._monitor.tracker.config).specs
+        names = [spec.name for spec in specs]
+        if self._restored is None:  # a new run (not a resume): factors start at 1
+            self._ramp.reset(names)
+            self._base, self._applied = {}, {}
+        else:
+            self._ramp.add(names)
         owners = layer_owners(pl_module, specs)
         self._optimizers = list(trainer.optimizers)
         for optimizer in self._optimizers:
@@ -192,9 +195,6 @@ class SpectralBalancer(Callback):
             schedulers = [c.scheduler for c in trainer.lr_scheduler_configs]
             mine = [s for s in schedulers if getattr(s, "optimizer", None) is optimizer]
             extend_schedulers(mine, before, parents)
-        names = [spec.name for spec in specs]
-        for name in names:
-            self.factors.setdefault(name, 1.0)
         if not self.groups:
             self._warn_once(
                 "no-groups",
@@ -241,22 +241,14 @@ class SpectralBalancer(Callback):
     @override
     def state_dict(self) -> dict[str, Any]:
         return {
-            "factors": dict(self.factors),
-            "start": dict(self._start),
-            "goal": dict(self._goal),
-            "ramp_from": self._ramp_from,
-            "report_step": self._report_step,
+            **self._ramp.state_dict(),
             "base": dict(self._base),
             "applied": dict(self._applied),
         }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.factors = dict(state_dict["factors"])
-        self._start = dict(state_dict.get("start", {}))
-        self._goal = dict(state_dict.get("goal", {}))
-        self._ramp_from = int(state_dict.get("ramp_from", 0))
-        self._report_step = state_dict.get("report_step")
+        self._ramp.load_state_dict(state_dict)
         self._restored = {
             "base": dict(state_dict.get("base", {})),
             "applied": dict(state_dict.get("applied", {})),
@@ -284,9 +276,8 @@ class SpectralBalancer(Callback):
         monitor = self._monitor
         report = None if monitor is None else monitor.latest
         changed = False
-        if report is not None and report.step is not None and report.step != self._report_step:
-            self._report_step = report.step
-            self._goal = layer_factors(
+        if report is not None and report.step is not None and report.step != self._ramp.report_step:
+            goal = layer_factors(
                 report,
                 self.mapping,
                 self.low,
@@ -297,19 +288,9 @@ class SpectralBalancer(Callback):
                 self.exclude,
                 self.skip_first_last,
             )
-            self._start = {name: self.factors.get(name, 1.0) for name in self._goal}
-            self._ramp_from = trainer.global_step
+            self._ramp.set_goal(goal, report.step, trainer.global_step)
             changed = True
-        if self._goal:
-            done = trainer.global_step - self._ramp_from
-            share = 1.0 if self.ramp_steps == 0 else min(1.0, done / self.ramp_steps)
-            factors = {
-                name: self._start.get(name, 1.0) + (goal - self._start.get(name, 1.0)) * share
-                for name, goal in self._goal.items()
-            }
-            if factors != {k: self.factors.get(k) for k in factors}:
-                self.factors.update(factors)
-                changed = True
+        changed = self._ramp.advance(trainer.global_step) or changed
         if changed:
             self._apply()
             self._log(trainer)
