@@ -421,12 +421,23 @@ class SpectralTracker:
     @property
     def should_stop(self) -> bool:
         """True once the stop rule fired (always False without ``stop_below``)."""
-        return self.stop_rule is not None and self.stop_rule.should_stop
+        rule = self.stop_rule
+        if rule is None:
+            return False
+        # Read in the user's loop: a failing rule is a warning and no stop, never an exception.
+        return bool(
+            self.guard.run("stop", "reading the stop rule", lambda: rule.should_stop, False)
+        )
 
     @property
     def stop_reason(self) -> str | None:
         """Why the stop rule fired, or None."""
-        return None if self.stop_rule is None else self.stop_rule.reason
+        rule = self.stop_rule
+        return (
+            None
+            if rule is None
+            else self.guard.run("stop", "reading the stop rule", lambda: rule.reason)
+        )
 
     def extras_due(self) -> dict[str, bool]:
         """Which TensorBoard extras the latest analysis gets: histograms and the verdict table
