@@ -329,8 +329,9 @@ def test_thread_mode_resume_redoes_the_checkpoint_step_a_slow_worker_skipped(
     tmp_path, monkeypatch
 ) -> None:
     """The worker is slower than training: the analysis of step 10 (or 20) runs until training
-    is past step 30, so the analysis due at 30 is skipped (back-pressure) and the checkpoint, written at
-    the end of the epoch, holds no analysis at 30; the final analysis at 30 comes after it.
+    is past step 30, so the analysis due at 30 is skipped (back-pressure) and the checkpoint,
+    written at the end of the epoch, holds no analysis at 30; the final analysis at 30 comes after
+    it.
     Resumed from that checkpoint, step 30 is analysed again: every step once, in the history and
     in TensorBoard. (Before: the checkpoint counted 30 as done and the purge hid what the first
     run logged there, so 30 was missing.)"""

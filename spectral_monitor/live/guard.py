@@ -69,11 +69,6 @@ class Guard:
                 f"failure again is only counted).\n{details}"
             )
 
-    def reset(self) -> None:
-        """A new run: warn again, count from zero."""
-        self.failures = {}
-        self._warned = set()
-
 
 _FRAME = re.compile(r'^\s*File "(.*)", line (\d+)', re.MULTILINE)
 

@@ -267,6 +267,7 @@ class SpectralTracker:
             )
         except Exception:
             self._analysis_failed(step, traceback.format_exc())
+            self._last_submitted = step  # tried, not skipped: the final analysis does not retry
             return False
         if started:
             self._last_submitted = step
@@ -569,7 +570,6 @@ class SpectralTracker:
         self.history = SpectralHistory()
         self.latest = None
         self.num_analyses = self.num_skipped = self.num_failed = 0
-        self.guard.reset()
         self._non_finite = set()
         self._last_attempt = self._last_submitted = None
         self._step = None
@@ -610,7 +610,7 @@ class SpectralTracker:
             return
         what = "restoring the monitor's state from the checkpoint"
         if not self.guard.run("checkpoint", what, partial(self._load, state), False):
-            self.reset()
+            self.guard.run("checkpoint", "starting a new history", self.reset)
 
     def _load(self, state: dict[str, Any]) -> bool:
         saved_every = state.get("every_n_steps")
