@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
 import warnings
 
 import pytest
@@ -17,6 +19,39 @@ from torch import nn
 settings.register_profile("deterministic", derandomize=True, database=None, print_blob=True)
 settings.register_profile("explore", derandomize=False, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
+
+#: Environment variable (milliseconds) that slows every analysis run on a worker thread, to show
+#: that no test depends on how fast the worker is; ``--slow-worker-ms`` overrides it.
+WORKER_DELAY_VARIABLE = "SPECTRAL_MONITOR_TEST_WORKER_DELAY"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--slow-worker-ms",
+        type=float,
+        default=float(os.environ.get(WORKER_DELAY_VARIABLE, "0") or 0),
+        help="delay every threaded analysis by this many milliseconds (default: "
+        f"${WORKER_DELAY_VARIABLE} or 0): a worker slower than the training loop",
+    )
+
+
+@pytest.fixture(autouse=True)
+def slow_worker(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> float:
+    """With ``--slow-worker-ms N``: each analysis on a worker thread first sleeps N ms (inline
+    ``mode="sync"`` analyses are not slowed). Returns N."""
+    delay_ms = float(request.config.getoption("--slow-worker-ms"))
+    if delay_ms > 0:
+        import spectral_monitor.live.worker as worker_module
+
+        original = worker_module.analyze_snapshot
+
+        def slowed(*args, **kwargs):
+            if threading.current_thread() is not threading.main_thread():
+                time.sleep(delay_ms / 1000)
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(worker_module, "analyze_snapshot", slowed)
+    return delay_ms
 
 
 def small_cnn(seed: int = 0) -> nn.Module:

@@ -132,11 +132,6 @@ def test_clip_fingers_equals_weightwatcher(weightwatcher) -> None:
     assert checked == 12 and clipped >= 3  # the rule fired on several inputs
 
 
-@pytest.fixture
-def weightwatcher():
-    return pytest.importorskip("weightwatcher")
-
-
 def test_estimators_run_batched_and_in_analyze() -> None:
     xs = spectra(6)
     for estimator in ("ks", "hill_median", "ks_peak"):

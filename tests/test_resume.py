@@ -11,10 +11,12 @@ import pickle
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -309,3 +311,62 @@ def test_sigkill_after_a_checkpoint_then_resume_in_a_new_process(tmp_path) -> No
         assert logged == expected, tag
     code, text = run_cli("history", str(tmp_path / "tb"))
     assert code == 0 and f"{len(expected)} analyses, steps 0..40" in text
+
+
+class OpenGate(L.Callback):
+    """Opens ``gate`` once training has finished step ``after`` (placed after the monitor, so the
+    monitor's own hook at that step still finds the worker busy)."""
+
+    def __init__(self, gate: threading.Event, after: int) -> None:
+        self.gate, self.after = gate, after
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step >= self.after:
+            self.gate.set()
+
+
+def test_thread_mode_resume_redoes_the_checkpoint_step_a_slow_worker_skipped(
+    tmp_path, monkeypatch
+) -> None:
+    """The worker is slower than training: the analysis of step 10 (or 20) runs until training
+    is past step 30, so the analysis due at 30 is skipped (back-pressure) and the checkpoint,
+    written at the end of the epoch, holds no analysis at 30; the final analysis at 30 comes after
+    it.
+    Resumed from that checkpoint, step 30 is analysed again: every step once, in the history and
+    in TensorBoard. (Before: the checkpoint counted 30 as done and the purge hid what the first
+    run logged there, so 30 was missing.)"""
+    import spectral_monitor.live.worker as worker_module
+
+    gate = threading.Event()
+    original = worker_module.analyze_snapshot
+
+    def held(snapshot, config, step):
+        if 10 <= step < 30:  # the first analysis after step 0 holds the worker until then
+            assert gate.wait(timeout=120), "the gate never opened"
+        return original(snapshot, config, step)
+
+    monkeypatch.setattr(worker_module, "analyze_snapshot", held)
+    ckpt_dir = tmp_path / "ckpt"
+    first = SpectralMonitor(every_n_steps=10, min_evals=5, mode="thread")
+    trainer(
+        max_steps=30,
+        callbacks=[first, OpenGate(gate, after=30), ModelCheckpoint(ckpt_dir, save_last=True)],
+        enable_checkpointing=True,
+        logger=TensorBoardLogger(tmp_path, name="run", version=0),
+    ).fit(ConvNet(), image_loader())
+    assert first.tracker.num_skipped >= 1  # the analysis due at 30 (10 may be skipped too)
+    assert first.history.steps[-1] == 30  # the final analysis, after the checkpoint
+    saved = torch.load(ckpt_dir / "last.ckpt", weights_only=False)["callbacks"][first.state_key]
+    assert 30 not in saved["history"]["aggregates"]["step"]
+
+    second = SpectralMonitor(every_n_steps=10, min_evals=5, mode="thread")
+    trainer(
+        max_steps=60, callbacks=[second], logger=TensorBoardLogger(tmp_path, name="run", version=0)
+    ).fit(ConvNet(), image_loader(), ckpt_path=str(ckpt_dir / "last.ckpt"))
+    steps = second.history.steps
+    assert steps == sorted(set(steps))
+    assert [s for s in steps if s <= 30] == [s for s in first.history.steps if s <= 30]
+    assert 30 in steps and steps[-1] == 60
+    assert set(steps) <= {0, 10, 20, 30, 40, 50, 60}  # 40, 50 may be skipped: counted
+    for tag, logged in logged_steps(tmp_path / "run" / "version_0").items():
+        assert logged == steps, tag

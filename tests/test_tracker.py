@@ -49,11 +49,11 @@ def test_plain_loop_writes_tensorboard_and_history(tmp_path, mode) -> None:
     assert scalar_steps(events, "spectral/alpha/0") == steps
     assert len(events.Histograms("spectral/esd_log10/6")) == len(steps)
     assert "custom_scalars__config__" in events.Tags()["tensors"]
-    assert tracker.latest is not None
-    if steps[-1] == 40:
-        assert tracker.latest.alpha_mean == pytest.approx(
-            analyze(model, **TRUST_TINY).alpha_mean, rel=1e-6
-        )
+    # The final weights are analysed by close() whatever the worker skipped before.
+    assert tracker.latest is not None and tracker.latest.step == 40
+    assert tracker.latest.alpha_mean == pytest.approx(
+        analyze(model, **TRUST_TINY).alpha_mean, rel=1e-6
+    )
     assert not [t for t in threading.enumerate() if t.name.startswith("spectral-monitor")]
 
 
@@ -113,8 +113,13 @@ def test_every_wrong_argument_of_the_monitor_and_tracker_is_a_value_error_naming
     wrong = [3, 2.5, "x", None, [1], {}, object(), True, -1, float("nan")]
     for cls in (SpectralMonitor, SpectralTracker):
         for name in list(inspect.signature(cls.__init__).parameters)[1:]:
+            refused = []
             for value in wrong:
                 try:
                     cls(**{name: value})
                 except ValueError as error:
-                    assert name in str(error), (cls.__name__, name, value, error)
+                    refused.append((value, str(error)))
+            # Every argument refuses some of these values, and every refusal names it.
+            assert refused, (cls.__name__, name, "accepted every wrong value")
+            unnamed = [(value, message) for value, message in refused if name not in message]
+            assert not unnamed, (cls.__name__, name, unnamed)

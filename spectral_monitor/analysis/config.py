@@ -17,6 +17,7 @@ import torch
 
 from spectral_monitor.spectra.eigen import PRECISIONS, Precision
 from spectral_monitor.spectra.powerlaw_fit import FitOptions
+from spectral_monitor.utilities.devices import check_device
 from spectral_monitor.utilities.validation import check_choice, check_int, check_number
 from spectral_monitor.weights.layers import (
     CONV_MODES,
@@ -127,11 +128,9 @@ class AnalysisConfig:
         if max_relative_width is not None:
             max_relative_width = check_number("max_relative_width", max_relative_width, above=0.0)
         check_choice("precision", precision, PRECISIONS)
-        if device is not None:
-            try:
-                device = torch.device(device)
-            except (RuntimeError, TypeError) as error:
-                raise ValueError(f"device must be a torch device, got {device!r}") from error
+        # Checked here, not at the first analysis: a device this machine lacks (a config from a
+        # GPU box reused on a laptop) must fail where it is given, never in a training step.
+        device = check_device("device", device)
         return cls(
             layers=normalize_filter(layers, "layers"),
             exclude=normalize_filter(exclude, "exclude"),

@@ -7,6 +7,7 @@ copy. Everything after it (:func:`spectral_monitor.analysis.analyze.analyze_snap
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -31,13 +32,15 @@ __all__ = [
 @dataclass
 class LayerSnapshot:
     """One layer's weight at one moment, in the (out, in, \\*kernel) layout: a float32 (or
-    bf16/fp16, see :func:`snapshot_dtype`) tensor, or None and the reason there is none."""
+    bf16/fp16, see :func:`snapshot_dtype`) tensor, or None and the reason there is none (with
+    the traceback in ``error`` when reading the weight raised)."""
 
     name: str
     kind: str
     shape: tuple[int, ...]
     weight: torch.Tensor | None
     skipped: str | None = None
+    error: str | None = None
 
     @property
     def nbytes(self) -> int:
@@ -86,6 +89,7 @@ def take_snapshot(
     only: set[str] | None = None,
     root: nn.Module | None = None,
     selection: Selection | None = None,
+    catch: bool = False,
 ) -> list[LayerSnapshot]:
     """Copies of the selected layers' weights in :func:`snapshot_dtype` (float32, or the
     weight's own bf16/fp16), on ``config.device`` or the weight's own device.
@@ -106,6 +110,9 @@ def take_snapshot(
         root: the module that owns the sharded parameters, when it wraps ``model`` (Lightning's
             ``trainer.strategy.model``); default ``model``.
         selection: ``select(model, config)`` when the caller already has it.
+        catch: a layer whose weight cannot be read (a LoRA or attention slice that raises, a copy
+            that fails) is skipped with the reason, its traceback in ``error``, instead of
+            raising (the training thread's snapshot must not end the run).
     """
     snapshot = []
     held = 0
@@ -130,7 +137,15 @@ def take_snapshot(
                     snapshot.append(LayerSnapshot(spec.name, spec.kind, spec.shape, None, reason))
                     continue
                 held += need
-            snapshot.append(_snapshot_layer(spec, full, config, copy))
+            try:
+                snapshot.append(_snapshot_layer(spec, full, config, copy))
+            except Exception as error:
+                if not catch:
+                    raise
+                reason = f"reading its weight failed ({type(error).__name__}: {error})"
+                snap = LayerSnapshot(spec.name, spec.kind, spec.shape, None, reason)
+                snap.error = traceback.format_exc()
+                snapshot.append(snap)
     return snapshot
 
 

@@ -15,7 +15,9 @@ messages all use it.
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
@@ -34,6 +36,20 @@ from spectral_monitor.live.tracker import SpectralTracker
 from spectral_monitor.sinks.tensorboard_sink import TensorBoardSink
 
 __all__ = ["SpectralMonitor"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _guarded(hook: F) -> F:
+    """A hook that never raises: whatever its own guards did not catch becomes one warning
+    (``SpectralMonitor.<hook> failed``), counted under ``"schedule"``; training goes on."""
+
+    @functools.wraps(hook)
+    def run(self: SpectralMonitor, *args: Any, **kwargs: Any) -> Any:
+        what = f"SpectralMonitor.{hook.__name__}"
+        return self.tracker.guard.run("schedule", what, lambda: hook(self, *args, **kwargs), None)
+
+    return run  # type: ignore[return-value]
 
 
 @with_options()
@@ -117,12 +133,15 @@ class SpectralMonitor(Callback):
     # --- hooks -------------------------------------------------------------------------------
 
     @override
+    @_guarded
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage == "fit":
             self._trainer = trainer
 
     @override
+    @_guarded
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._begun = False
         if not trainer.loggers:
             self._warn_once(
                 "no-logger",
@@ -138,16 +157,19 @@ class SpectralMonitor(Callback):
             trainer.global_rank, trainer.world_size, torch_gather if distributed else None
         )
         config = self.tracker.config
-        if not select(pl_module, config).specs:
+        # The user's register_layer functions run here: a failure is the analyses' failure.
+        what = "selecting the layers to analyse"
+        selection = self._guard("analysis", lambda: select(pl_module, config), what)
+        if selection is not None and not selection.specs:
             self._warn_once(
                 "no-layers",
                 f"SpectralMonitor: {type(pl_module).__name__} has no layer to analyse"
                 + (" after the layers/exclude filters" if config.layers or config.exclude else "")
                 + "; the reports will be empty.",
             )
-        self._begun = False
 
     @override
+    @_guarded
     def on_train_batch_start(
         self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
     ) -> None:
@@ -177,6 +199,7 @@ class SpectralMonitor(Callback):
         self._collect(trainer, block=False)  # a sync analysis is already done
 
     @override
+    @_guarded
     def on_train_batch_end(
         self,
         trainer: Trainer,
@@ -200,15 +223,18 @@ class SpectralMonitor(Callback):
             self._decide_stop(trainer)
 
     @override
+    @_guarded
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.sanity_checking and self._trainer is not None:
             self._drain(trainer)
 
     @override
+    @_guarded
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._drain(trainer)
 
     @override
+    @_guarded
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._trainer = trainer
         if not self._begun:  # no batch ran (e.g. resumed at max_steps)
@@ -232,6 +258,7 @@ class SpectralMonitor(Callback):
         self._guard("shutdown", lambda: self.tracker.close(gather=False))
 
     @override
+    @_guarded
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage == "fit":
             self._guard("shutdown", self.tracker.close)
@@ -244,9 +271,11 @@ class SpectralMonitor(Callback):
         if self._trainer is not None:
             # A checkpoint must hold the analyses already started, or a resumed run loses them.
             self._collect(self._trainer, block=True)
-        return self.tracker.state_dict()
+        state = self._guard("checkpoint", self.tracker.state_dict, "saving the monitor's state")
+        return {} if state is None else state
 
     @override
+    @_guarded
     def on_load_checkpoint(
         self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
     ) -> None:
@@ -263,7 +292,8 @@ class SpectralMonitor(Callback):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.tracker.load_state_dict(state_dict)
+        what = "restoring the monitor's state"
+        self._guard("checkpoint", lambda: self.tracker.load_state_dict(state_dict), what)
 
     # --- steps -------------------------------------------------------------------------------
 
@@ -276,6 +306,9 @@ class SpectralMonitor(Callback):
         self._decide_stop(trainer)
 
     def _decide_stop(self, trainer: Trainer) -> None:
+        self._guard("stop", lambda: self._apply_stop_rule(trainer), "applying the stop rule")
+
+    def _apply_stop_rule(self, trainer: Trainer) -> None:
         if self.tracker.stop_rule is None:
             return
         local = self.tracker.should_stop
@@ -334,16 +367,10 @@ class SpectralMonitor(Callback):
         sink = TensorBoardSink(logger.experiment, self.tracker.prefix, threshold, scalars=False)
         self._tensorboard[logger.log_dir] = sink
 
-    def _guard(self, what: str, action: Any) -> None:
-        """Run ``action``; an exception becomes one warning per kind, never a failed run."""
-        try:
-            action()
-        except Exception as error:
-            self._warn_once(
-                what,
-                f"SpectralMonitor: {what} failed ({type(error).__name__}: {error}); training "
-                "goes on and further such failures are not reported.",
-            )
+    def _guard(self, kind: str, action: Any, what: str | None = None) -> Any:
+        """``action()``, or None when it raises: one warning with the traceback per failure,
+        counted in ``tracker.guard.failures[kind]`` (see :mod:`spectral_monitor.live.guard`)."""
+        return self.tracker.guard.run(kind, what or f"the {kind}", action, None)
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:

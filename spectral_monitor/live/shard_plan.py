@@ -74,7 +74,9 @@ class ShardPlan:
         if self.sharded:
             only = assign_layers(model, config, self.world_size)[self.rank]
             self._pending = [spec.name for spec in select(model, config).specs]
-        return take_snapshot(model, config, copy=True, max_bytes=max_bytes, only=only, root=root)
+        return take_snapshot(
+            model, config, copy=True, max_bytes=max_bytes, only=only, root=root, catch=True
+        )
 
     def merge(self, mine: list[AnalysisResult]) -> list[AnalysisResult]:
         """The whole analysis from this rank's finished part (a collective while sharded:

@@ -25,8 +25,11 @@ from __future__ import annotations
 import inspect
 import math
 import os
+import tempfile
+import traceback
 import weakref
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -39,6 +42,7 @@ from spectral_monitor.analysis.options import bind_options, with_options
 from spectral_monitor.analysis.report import SpectralReport
 from spectral_monitor.analysis.snapshot import select
 from spectral_monitor.live.distributed import Gather
+from spectral_monitor.live.guard import Guard
 from spectral_monitor.live.shard_plan import ShardPlan
 from spectral_monitor.live.stopping import (
     ALPHA_HAT_REFUSAL,
@@ -48,7 +52,7 @@ from spectral_monitor.live.stopping import (
     StopRule,
     make_stop_rule,
 )
-from spectral_monitor.live.worker import AnalysisWorker
+from spectral_monitor.live.worker import AnalysisResult, AnalysisWorker
 from spectral_monitor.sinks.tensorboard_sink import TensorBoardSink, draw_figures
 from spectral_monitor.utilities.validation import check_choice, check_int, check_number
 from spectral_monitor.weights.layers import left_out_message
@@ -71,7 +75,8 @@ ImageSink = Callable[[int, dict[str, np.ndarray]], None]
         annotation=str | os.PathLike | None,
     ),
     extra_doc="""log_dir: for plain loops: write TensorBoard events here (scalars, layout,
-    histograms, figures); None: no writer. After :meth:`load_state_dict`, events a killed run
+    histograms, figures); None: no writer. Created, and checked to be writable, where the
+    tracker is built. After :meth:`load_state_dict`, events a killed run
     wrote there after the restored history's last analysis are hidden (TensorBoard's
     ``purge_step``), so no step shows twice.""",
 )
@@ -123,8 +128,8 @@ class SpectralTracker:
             raise ValueError(
                 f"prefix must be a non-empty string without trailing '/', got {prefix!r}"
             )
-        if log_dir is not None and not isinstance(log_dir, (str, os.PathLike)):
-            raise ValueError(f"log_dir must be a path or None, got {log_dir!r}")
+        if log_dir is not None:
+            _check_log_dir(log_dir)
         self.config = AnalysisConfig.from_options(options)
         self.every_n_steps = every_n_steps
         self.mode = "thread" if mode == "auto" else mode
@@ -166,8 +171,9 @@ class SpectralTracker:
         self._restored = False  # a state was loaded and training has not (re)started since
         self._model: weakref.ref[nn.Module] | None = None  # what step() saw last, for close()
         self._step: int | None = None
-        self._warned_failure = False
-        self._warned_figures = False
+        #: Everything this tracker runs on the training thread goes through it (see live/guard.py).
+        self.guard = Guard()
+        self._non_finite: set[str] = set()  # layers warned about for non-finite weights
         self._drawn: dict[str, int | None] = {"esd": None, "heatmap": None}
         self._plan = ShardPlan()
         self._warned_left_out = False
@@ -209,6 +215,12 @@ class SpectralTracker:
         if restored:
             if steps and steps[-1] > step:  # a state saved after the weights it is resumed with
                 self.history.drop_after(step)
+            if self._last_attempt == step and step not in self.history:
+                # A step counts as done only when its result is in the checkpoint: the attempt
+                # at these very weights was skipped (back-pressure), failed, or finished after
+                # the checkpoint was written (the final analysis in on_train_end). Redo it.
+                self._step = step
+                return True
         elif steps and step < steps[-1]:
             rank_zero_info("SpectralMonitor: training restarted at an earlier step; new history.")
             self.reset()
@@ -235,21 +247,38 @@ class SpectralTracker:
         """
         self._last_attempt = step
         self._step = step if self._step is None else max(self._step, step)
-        self._warn_left_out(model)
-        if self._plan.sharded or self._worker.busy:
-            if self._plan.may_skip(model, root):
-                self.num_skipped += 1
-                return False
-            # The previous analysis is taken in first (gathered, while sharded), on every rank.
-            self.collect(block=True)
-        snapshot = self._plan.snapshot(model, self.config, self.max_snapshot_bytes, root)
-        self.last_snapshot_bytes = sum(s.nbytes for s in snapshot)
-        started = self._worker.submit(
-            snapshot, self.config, step if report_step is None else report_step
-        )
+        # Selection (the user's register_layer functions too), snapshot and hand-off run on the
+        # training thread: a failure there is a failed analysis, like one on the worker.
+        try:
+            if self._plan.sharded or self._worker.busy:
+                if self._plan.may_skip(model, root):
+                    self.num_skipped += 1
+                    return False
+                # The previous analysis is taken in first (gathered, while sharded), on every rank.
+                self.collect(block=True)
+            snapshot = self._plan.snapshot(model, self.config, self.max_snapshot_bytes, root)
+            for snap in snapshot:
+                if snap.error is not None:  # that layer is skipped; its reason is in the report
+                    what = f"reading the weight of layer {snap.name!r} at step {step}"
+                    self.guard.failed("layer", what, snap.error)
+            self.last_snapshot_bytes = sum(s.nbytes for s in snapshot)
+            started = self._worker.submit(
+                snapshot, self.config, step if report_step is None else report_step
+            )
+        except Exception:
+            self._analysis_failed(step, traceback.format_exc())
+            self._last_submitted = step  # tried, not skipped: the final analysis does not retry
+            return False
         if started:
             self._last_submitted = step
+        what = "listing the weights no layer kind covers"
+        self.guard.run("schedule", what, lambda: self._warn_left_out(model), None)
         return started
+
+    def _analysis_failed(self, step: int, details: str | None) -> None:
+        """Count a failed analysis (on the worker or while preparing it); warn once."""
+        self.num_failed += 1
+        self.guard.failed("analysis", f"the analysis at step {step}", details or "")
 
     def _warn_left_out(self, model: nn.Module) -> None:
         """Once per run: name the weights no layer kind covers."""
@@ -283,36 +312,68 @@ class SpectralTracker:
         """Take in finished analyses (waiting for the running one if ``block``): add them to the
         history, update the stop rule, hand them to the sinks. A failed analysis becomes one
         warning with its traceback (once) and is counted in ``num_failed``."""
-        if self._plan.sharded:
-            results = self._plan.merge(self._worker.wait()) if block else []
-        else:
-            results = self._worker.wait() if block else self._worker.poll()
-        reports = []
+        reports: list[SpectralReport] = []
+        results = self.guard.run(
+            "analysis", "taking in finished analyses", self._results(block), []
+        )
         for result in results:
             if result.report is None:
-                self.num_failed += 1
-                if not self._warned_failure:
-                    self._warned_failure = True
-                    rank_zero_warn(
-                        f"SpectralMonitor: the analysis at step {result.step} failed; training "
-                        f"goes on and later failures are only counted.\n{result.error}"
-                    )
+                self._analysis_failed(result.step, result.error)
                 continue
             report = result.report
-            if not self.history.add(report):
+            step = int(report.step if report.step is not None else 0)
+            # Each call guarded on its own (functools.partial binds this iteration's values): a
+            # failing sink skips that sink's call only.
+            what = f"adding the analysis at step {step} to the history"
+            if not self.guard.run("analysis", what, partial(self.history.add, report), False):
                 continue
             self.num_analyses += 1
             self.latest = report
-            self.drop.update(report)
-            if self.stop_rule is not None and self.stop_rule is not self.drop:
-                self.stop_rule.update(report)
-            extras = self.extras_due()
+            what = f"updating the stop rule at step {step}"
+            self.guard.run("stop", what, partial(self._update_rules, report))
             for sink in self.sinks:
-                sink(report, int(report.step if report.step is not None else 0))
-            self._ask_figures(report, esd=extras["figures"], heatmap=extras["heatmap"])
+                what = f"logging the analysis at step {step}"
+                self.guard.run("logger", what, partial(sink, report, step))
+            what = f"handing over the figures of step {step}"
+            self.guard.run("figures", what, partial(self._figures_due, report))
+            what = f"checking step {step} for non-finite weights"
+            self.guard.run("schedule", what, partial(self._warn_non_finite, report))
             reports.append(report)
-        self._deliver_figures(block)
+        self.guard.run(
+            "figures", "handing over figures", lambda: self._deliver_figures(block), None
+        )
         return reports
+
+    def _results(self, block: bool) -> Callable[[], list[AnalysisResult]]:
+        def take() -> list[AnalysisResult]:
+            if self._plan.sharded:
+                return self._plan.merge(self._worker.wait()) if block else []
+            return self._worker.wait() if block else self._worker.poll()
+
+        return take
+
+    def _update_rules(self, report: SpectralReport) -> None:
+        self.drop.update(report)
+        if self.stop_rule is not None and self.stop_rule is not self.drop:
+            self.stop_rule.update(report)
+
+    def _figures_due(self, report: SpectralReport) -> None:
+        extras = self.extras_due()
+        self._ask_figures(report, esd=extras["figures"], heatmap=extras["heatmap"])
+
+    def _warn_non_finite(self, report: SpectralReport) -> None:
+        """One warning per layer per run when its weights turn NaN or Inf: the report records the
+        layer as skipped, but a user reading curves would not notice the line stopping."""
+        for layer in report.layers:
+            # The reason's wording is analysis/analyze.py's (_weight_problems).
+            if layer.skipped is None or "non-finite" not in layer.skipped:
+                continue
+            if layer.name not in self._non_finite:
+                self._non_finite.add(layer.name)
+                rank_zero_warn(
+                    f"SpectralMonitor: layer {layer.name!r} has non-finite weights (NaN or Inf) "
+                    f"at step {report.step}; it is skipped while they stay non-finite."
+                )
 
     def _ask_figures(self, report: SpectralReport, esd: bool, heatmap: bool) -> None:
         """Have the worker draw ``report``'s ESD figures and/or the heatmap of the history so far
@@ -332,21 +393,21 @@ class SpectralTracker:
     def _deliver_figures(self, block: bool) -> None:
         for result in self._worker.poll_renders(block):
             if result.error is not None:
-                if not self._warned_figures:
-                    self._warned_figures = True
-                    rank_zero_warn(
-                        f"SpectralMonitor: drawing the figures of step {result.step} failed; "
-                        f"training goes on without them.\n{result.error}"
-                    )
+                what = f"drawing the figures of step {result.step}"
+                self.guard.failed("figures", what, result.error)
                 continue
             if result.images:
                 for sink in self.image_sinks:
-                    sink(result.step, result.images)
+                    what = f"handing over the figures of step {result.step}"
+                    self.guard.run("figures", what, partial(sink, result.step, result.images))
 
     def finish(self) -> None:
         """At the end of training, after the last analysis was taken in: draw the last
         analysis's ESD figures (when figures are on) and the heatmap of the whole run, unless
         already drawn, and hand them to the image sinks before returning."""
+        self.guard.run("figures", "drawing the last figures", self._finish, None)
+
+    def _finish(self) -> None:
         latest = self.latest
         if latest is not None and latest.step is not None:
             esd = self.log_figures_every is not None and self._drawn["esd"] != latest.step
@@ -361,12 +422,23 @@ class SpectralTracker:
     @property
     def should_stop(self) -> bool:
         """True once the stop rule fired (always False without ``stop_below``)."""
-        return self.stop_rule is not None and self.stop_rule.should_stop
+        rule = self.stop_rule
+        if rule is None:
+            return False
+        # Read in the user's loop: a failing rule is a warning and no stop, never an exception.
+        return bool(
+            self.guard.run("stop", "reading the stop rule", lambda: rule.should_stop, False)
+        )
 
     @property
     def stop_reason(self) -> str | None:
         """Why the stop rule fired, or None."""
-        return None if self.stop_rule is None else self.stop_rule.reason
+        rule = self.stop_rule
+        return (
+            None
+            if rule is None
+            else self.guard.run("stop", "reading the stop rule", lambda: rule.reason)
+        )
 
     def extras_due(self) -> dict[str, bool]:
         """Which TensorBoard extras the latest analysis gets: histograms and the verdict table
@@ -406,9 +478,15 @@ class SpectralTracker:
 
     def step(self, model: nn.Module, step: int) -> list[SpectralReport]:
         """For a plain training loop, after ``optimizer.step()``: take in finished analyses and
-        start a new one if due. Returns the reports taken in."""
+        start a new one if due. Returns the reports taken in. Never raises: a failure is one
+        warning, counted in ``guard.failures`` (see :mod:`~spectral_monitor.live.guard`)."""
+        return self.guard.run(
+            "schedule", f"tracker.step at step {step}", lambda: self._step_at(model, step), []
+        )
+
+    def _step_at(self, model: nn.Module, step: int) -> list[SpectralReport]:
         if self.log_dir is not None and self._writer is None:
-            self._open_writer()
+            self.guard.run("logger", f"opening a writer in {self.log_dir}", self._open_writer, None)
         self._model, self._step = weakref.ref(model), step
         self._restored = False
         reports = self.collect()
@@ -460,18 +538,23 @@ class SpectralTracker:
                 for a failing run where the other ranks may never arrive.
         """
         model = None if self._model is None else self._model()
+        reports: list[SpectralReport] = []
         if gather and model is not None and self._step is not None:
-            reports = self.analyse_final(model, self._step)
+            step = self._step
+            what = f"the final analysis at step {step}"
+            final = lambda: self.analyse_final(model, step)  # noqa: E731
+            reports = self.guard.run("analysis", what, final, [])
             self.finish()
         elif gather or not self._plan.sharded:
             reports = self.collect(block=True)
             self.finish()
         else:
-            reports = []
             self._plan.drop()
-        self._worker.close()
+        self.guard.run("shutdown", "joining the worker threads", self._worker.close, [])
         if self._writer is not None:
-            self._writer.close()
+            self.guard.run(
+                "logger", f"closing the writer of {self.log_dir}", self._writer.close, None
+            )
             self._writer = None
             self._tensorboard = None
             if self._write_report in self.sinks:
@@ -487,6 +570,7 @@ class SpectralTracker:
         self.history = SpectralHistory()
         self.latest = None
         self.num_analyses = self.num_skipped = self.num_failed = 0
+        self._non_finite = set()
         self._last_attempt = self._last_submitted = None
         self._step = None
         self._drawn = {"esd": None, "heatmap": None}
@@ -498,7 +582,14 @@ class SpectralTracker:
     # --- checkpointing ---------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """History, schedule, counters and stop-rule state."""
+        """History, schedule, counters and stop-rule state, after taking in the analysis in
+        flight (a checkpoint must hold the analyses already started, or a resumed run loses them).
+        Never raises: on a failure (one warning) the state is empty, and loading it restores
+        nothing."""
+        self.collect(block=True)
+        return self.guard.run("checkpoint", "saving the monitor's state", self._state, {})
+
+    def _state(self) -> dict[str, Any]:
         return {
             "history": self.history.state_dict(),
             "every_n_steps": self.every_n_steps,
@@ -513,7 +604,15 @@ class SpectralTracker:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`; curves continue where they stopped, on this tracker's
-        ``every_n_steps`` grid (a different saved value is warned about once)."""
+        ``every_n_steps`` grid (a different saved value is warned about once). Never raises: a
+        state that cannot be restored is one warning, and the history starts afresh."""
+        if not state:  # saving it failed (warned then): nothing to restore
+            return
+        what = "restoring the monitor's state from the checkpoint"
+        if not self.guard.run("checkpoint", what, partial(self._load, state), False):
+            self.guard.run("checkpoint", "starting a new history", self.reset)
+
+    def _load(self, state: dict[str, Any]) -> bool:
         saved_every = state.get("every_n_steps")
         if saved_every is not None and saved_every != self.every_n_steps:
             rank_zero_warn(
@@ -535,6 +634,7 @@ class SpectralTracker:
         self._step = None
         steps = self.history.steps
         self._purge_step = steps[-1] + 1 if steps else None
+        return True
 
     # --- pickling --------------------------------------------------------------------------
 
@@ -545,3 +645,20 @@ class SpectralTracker:
         state["_writer"] = state["_tensorboard"] = None
         state["_model"] = None
         return state
+
+
+def _check_log_dir(log_dir: Any) -> None:
+    """``log_dir`` must be a path to a directory that can be created and written; it is created
+    here (the writer would create it at the first step), so a bad path fails where the tracker is
+    built, not inside the training loop."""
+    if not isinstance(log_dir, (str, os.PathLike)):
+        raise ValueError(f"log_dir must be a path or None, got {log_dir!r}")
+    try:
+        os.makedirs(log_dir, exist_ok=True)
+        with tempfile.TemporaryFile(dir=os.fspath(log_dir)):
+            pass
+    except OSError as error:
+        raise ValueError(
+            f"log_dir={os.fspath(log_dir)!r} cannot be created or written: "
+            f"{error.strerror or error}"
+        ) from error
