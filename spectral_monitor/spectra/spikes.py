@@ -36,6 +36,7 @@ __all__ = [
     "EntryStats",
     "detx_num",
     "entry_stats",
+    "entry_stats_batch",
     "erg_gap",
     "mp_bulk_edge",
     "num_above",
@@ -92,17 +93,35 @@ class EntryStats:
         return self.std * self.std
 
 
-def entry_stats(stack: torch.Tensor) -> EntryStats:
-    """:class:`EntryStats` of a (count, rows, cols) stack (rows, cols of one matrix; the
-    moments pool every entry). Computed in float64 on the stack's device, one host transfer."""
-    _count, rows, cols = stack.shape
-    w = stack.detach().reshape(-1).to(torch.float64)
-    mean = w.mean()
-    centred = w - mean
-    m2 = (centred * centred).mean()
-    m4 = (centred**4).mean()
-    peak = w.abs().max()
-    mean_v, m2_v, m4_v, peak_v = torch.stack([mean, m2, m4, peak]).cpu().tolist()
+# Entries upcast to float64 at a time for the moments (8 MiB): the statistics of a large
+# layer never hold a float64 copy of it.
+_CHUNK = 1 << 20
+
+
+def _moments(stack: torch.Tensor) -> torch.Tensor:
+    """(mean, E(w − mean)², E(w − mean)⁴, max|w|) of every entry, float64, on the stack's
+    device; two passes over float64 chunks (mean first, so the central moments do not cancel)."""
+    w = stack.detach()
+    w = (w.mT if (not w.is_contiguous() and w.mT.is_contiguous()) else w).reshape(-1)
+    n = w.numel()
+    zero = torch.zeros((), dtype=torch.float64, device=w.device)
+    total, peak = zero.clone(), zero.clone()
+    for start in range(0, n, _CHUNK):
+        part = w[start : start + _CHUNK].to(torch.float64)
+        total += part.sum()
+        peak = torch.maximum(peak, part.abs().max())
+    mean = total / n
+    m2, m4 = zero.clone(), zero.clone()
+    for start in range(0, n, _CHUNK):
+        part = w[start : start + _CHUNK].to(torch.float64) - mean
+        part.mul_(part)
+        m2 += part.sum()
+        m4 += part.square().sum()
+    return torch.stack([mean, m2 / n, m4 / n, peak])
+
+
+def _stats(moments: list[float], rows: int, cols: int) -> EntryStats:
+    mean_v, m2_v, m4_v, peak_v = moments
     std = math.sqrt(m2_v) if m2_v > 0 else 0.0
     if std > 0 and math.isfinite(std):
         shift = abs(mean_v) * (rows * cols) ** 0.25 / std
@@ -111,6 +130,30 @@ def entry_stats(stack: torch.Tensor) -> EntryStats:
     else:
         shift = ratio = kurt = math.nan
     return EntryStats(mean_v, std, shift, ratio, kurt)
+
+
+def entry_stats(stack: torch.Tensor) -> EntryStats:
+    """:class:`EntryStats` of a (count, rows, cols) stack (rows, cols of one matrix; the
+    moments pool every entry). Computed in float64 on the stack's device, one host transfer."""
+    return entry_stats_batch([stack])[0]
+
+
+def entry_stats_batch(stacks: list[torch.Tensor]) -> list[EntryStats]:
+    """:func:`entry_stats` of many stacks with one host transfer per device (on a GPU a
+    transfer is a wait for the device: one for all layers, not one per layer)."""
+    moments = [_moments(stack) for stack in stacks]
+    by_device: dict[torch.device, list[int]] = {}
+    for k, m in enumerate(moments):
+        by_device.setdefault(m.device, []).append(k)
+    host: list[list[float]] = [[]] * len(stacks)
+    for members in by_device.values():
+        values = torch.stack([moments[k] for k in members]).cpu().tolist()
+        for k, row in zip(members, values, strict=True):
+            host[k] = row
+    return [
+        _stats(row, stack.shape[-2], stack.shape[-1])
+        for row, stack in zip(host, stacks, strict=True)
+    ]
 
 
 def num_above(evals: np.ndarray | torch.Tensor, threshold: float) -> int:

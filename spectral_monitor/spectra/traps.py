@@ -6,7 +6,7 @@ above the bulk then comes from the entries themselves: a mean shift (rank one, B
 |mean|·(rows·cols)^¼/std = 1) or a few very large entries (heavy-tailed weights). The bulk scale
 is W's entry variance (:mod:`.spikes`), so the edge needs no fit.
 
-The shuffle is seeded (one ``torch.Generator`` per layer, seed given by the caller), so an
+The shuffle is seeded (numpy's in-place shuffle on a CPU, ``torch.randperm`` on a GPU), so an
 analysis is reproducible; the shuffled matrices are solved by :func:`.eigen.batched_eigenvalues`
 like the layers themselves, a group of layers at a time so that at most ``_SHUFFLE_BYTES`` (or
 one layer) of shuffled copies exists at once.
@@ -31,6 +31,7 @@ __all__ = [
     "shuffle_entries",
     "shuffled_eigenvalues",
     "trap_signals",
+    "trap_work_bytes",
 ]
 
 # Shuffled copies held at once before their eigenvalues are solved (a larger layer is a group
@@ -66,14 +67,39 @@ def layer_seed(seed: int, name: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(name.encode())) % (1 << 63)
 
 
-def shuffle_entries(stack: torch.Tensor, seed: int) -> torch.Tensor:
+# numpy has no bfloat16: such entries are shuffled as their 16-bit patterns (a shuffle only
+# moves entries, so their bits are all it needs).
+_BIT_VIEWS = {torch.bfloat16: torch.int16}
+
+
+def shuffle_entries(
+    stack: torch.Tensor, seed: int = 0, permutation: torch.Tensor | None = None
+) -> torch.Tensor:
     """A copy of a (count, rows, cols) stack with all its entries permuted uniformly at random
-    (one permutation of the count·rows·cols entries, from a generator seeded with ``seed`` on
-    the stack's device); same shape, dtype and device."""
+    (one permutation of the count·rows·cols entries); same shape, dtype and device.
+
+    Args:
+        stack: the matrices.
+        seed: seed of the shuffle. On a CPU: numpy's in-place Fisher–Yates shuffle of the copy
+            (``numpy.random.default_rng(seed)``), which needs no index array; on another
+            device: ``torch.randperm`` with a generator seeded on that device (an int64 index
+            of every entry, 8 bytes each, while the copy is made).
+        permutation: an explicit permutation of ``stack.numel()`` indices instead (entry ``i``
+            of the output, in row-major order, is entry ``permutation[i]`` of
+            ``stack.reshape(-1)``): to reproduce another tool's shuffle.
+    """
+    stack = stack.detach()
+    if permutation is not None:
+        flat = stack.reshape(-1)[permutation.to(stack.device)]
+        return flat.reshape(stack.shape)
+    if stack.device.type == "cpu":
+        out = stack.contiguous().clone() if stack.is_contiguous() else stack.contiguous()
+        bits = out.view(_BIT_VIEWS.get(out.dtype, out.dtype)).reshape(-1)
+        np.random.default_rng(seed).shuffle(bits.numpy())  # in place, through shared memory
+        return out
     generator = torch.Generator(device=stack.device).manual_seed(seed)
-    flat = stack.detach().reshape(-1)
-    perm = torch.randperm(flat.numel(), generator=generator, device=stack.device)
-    return flat[perm].reshape(stack.shape)
+    perm = torch.randperm(stack.numel(), generator=generator, device=stack.device)
+    return stack.reshape(-1)[perm].reshape(stack.shape)
 
 
 def shuffled_eigenvalues(
@@ -122,3 +148,14 @@ def trap_signals(shuffled: np.ndarray, variance: float, rows: int, cols: int) ->
         return Traps.none()
     count = num_above(x, spike_threshold(variance, rows, cols))
     return Traps(count, float(x.max()) / edge - 1.0)
+
+
+def trap_work_bytes(stacks: Sequence[torch.Tensor]) -> int:
+    """Bytes of shuffled copies :func:`shuffled_eigenvalues` holds at once for these stacks;
+    off the CPU also the largest layer's int64 permutation index."""
+    if not stacks:
+        return 0
+    largest = max(s.numel() * s.element_size() for s in stacks)
+    total = sum(s.numel() * s.element_size() for s in stacks)
+    index = max((8 * s.numel() for s in stacks if s.device.type != "cpu"), default=0)
+    return min(total, max(_SHUFFLE_BYTES, largest)) + index
