@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Collection
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -167,14 +168,21 @@ class SpectralHistory:
         extra.pop("step", None)
         return ["step", "layer", *LAYER_KEYS, *extra]
 
-    def to_rows(self) -> list[dict[str, Any]]:
+    def to_rows(self, steps: Collection[int] | None = None) -> list[dict[str, Any]]:
         """One row per (step, layer), ordered by step and then model order: ``step``, ``layer``
         and every per-layer field (:attr:`columns`), typed as in ``LayerSpectrum.to_row``
-        (``reliable`` a bool, ``n_tail`` an int, ``unreliable_reason`` text or None)."""
+        (``reliable`` a bool, ``n_tail`` an int, ``unreliable_reason`` text or None).
+
+        Args:
+            steps: only the rows of these steps (None: all).
+        """
         columns = self.columns[2:]
+        wanted = None if steps is None else set(steps)
         rows: list[dict[str, Any]] = []
         for name, track in self.layers.items():
             for i, step in enumerate(track["step"]):
+                if wanted is not None and step not in wanted:
+                    continue
                 row: dict[str, Any] = {"step": int(step), "layer": name}
                 for key in columns:
                     series = track.get(key)
