@@ -24,7 +24,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.loggers import (
+    CSVLogger,
+    Logger,
+    MLFlowLogger,
+    TensorBoardLogger,
+    WandbLogger,
+)
 from lightning_helpers import TRUST_TINY, ConvNet, image_loader, trainer
 from PIL import Image
 
@@ -65,15 +71,42 @@ def not_sent(messages: list[str]) -> list[str]:
 # --- CSVLogger -------------------------------------------------------------------------------
 
 
+class ListLogger(Logger):
+    """A logger of the user's own: it keeps the metrics it is given, and nothing else."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.metrics: list[tuple[int | None, dict[str, float]]] = []
+
+    @property
+    def name(self) -> str:
+        return "list"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.metrics.append((step, dict(metrics)))
+
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
 def test_csv_logger_gets_the_history_and_verdicts_and_history_reads_either_source(
     tmp_path,
 ) -> None:
-    csv_logger = CSVLogger(tmp_path, name="csv")
-    monitor, messages = fit([TensorBoardLogger(tmp_path, name="tb"), csv_logger])
+    csv_logger, own = CSVLogger(tmp_path, name="csv"), ListLogger()
+    monitor, messages = fit([TensorBoardLogger(tmp_path, name="tb"), csv_logger, own])
     assert not_sent(messages) == [
         "SpectralMonitor: CSVLogger cannot take the histograms of log10 λ per layer, the figures "
-        "(alpha heatmap, ESD fits); they are not sent to it (the scalars are)."
-    ]  # once, and nothing about TensorBoard, which takes everything
+        "(alpha heatmap, ESD fits); they are not sent to it (the scalars are).",
+        "SpectralMonitor: ListLogger cannot take the histograms of log10 λ per layer, the "
+        "figures (alpha heatmap, ESD fits), the verdict table; they are not sent to it (the "
+        "scalars are).",
+    ]  # once each, and nothing about TensorBoard, which takes everything
+    logged = [step for step, metrics in own.metrics if "spectral/alpha_mean" in metrics]
+    assert logged == STEPS
     folder = Path(csv_logger.log_dir)
     names = {p.name for p in folder.iterdir()}
     assert {"spectral_history.csv", "spectral_verdicts.csv", "spectral_verdicts.json"} <= names
