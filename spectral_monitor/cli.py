@@ -7,7 +7,8 @@
 
 ``analyze`` reads a Lightning ``.ckpt``, a ``torch.save``d state dict or module, or a
 safetensors file (recognised by content, whatever its name) and builds the per-layer table from
-the weights alone. ``history`` reads the TensorBoard events a run wrote and prints the alpha
+the weights alone. ``history`` reads what a run's loggers wrote — the CSV logger's
+``spectral_history.csv`` (every per-layer field) or else TensorBoard events — and prints the alpha
 trajectories per layer, each step once (a run resumed into the same directory included).
 ``prune-ratios`` prints AlphaPruning's per-layer sparsities for a target sparsity
 (:mod:`spectral_monitor.acting.prune_ratios`).
@@ -29,12 +30,12 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-import numpy as np
 import torch
 from torch import nn
 
 from spectral_monitor.analysis.analyze import analyze_snapshot
 from spectral_monitor.analysis.config import DEFAULT_MIN_EVALS, AnalysisConfig
+from spectral_monitor.analysis.history_files import FoundHistory
 from spectral_monitor.analysis.report import SpectralReport
 from spectral_monitor.analysis.snapshot import (
     LayerSnapshot,
@@ -343,46 +344,27 @@ def _cmd_prune_ratios(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def read_history(logdir: str | Path, prefix: str = "spectral") -> dict[str, dict[str, list]]:
-    """alpha and λmax trajectories from the TensorBoard events under ``logdir``.
+def read_history(logdir: str | Path, prefix: str = "spectral") -> dict[str, FoundHistory]:
+    """Every run's history under ``logdir``: ``{run: FoundHistory}``, from the CSV sink's
+    ``<prefix>_history.csv`` where a folder has one, else from its TensorBoard events
+    (:func:`spectral_monitor.analysis.history_files.find_histories`)."""
+    from spectral_monitor.analysis.history_files import find_histories
 
-    Returns:
-        ``{run: {"rows": [(step, layer, alpha, lambda_max), ...]}}`` where ``run`` is each
-        directory (relative to ``logdir``) that holds event files with ``{prefix}/alpha/`` tags.
-    """
-    from tensorboard.backend.event_processing.event_accumulator import (
-        SCALARS,
-        EventAccumulator,
-    )
-
-    root = Path(logdir)
-    runs: dict[str, dict[str, list]] = {}
-    directories = sorted({p.parent for p in root.rglob("events.out.tfevents.*")})
-    alpha_tag = f"{prefix}/alpha/"
-    for directory in directories:
-        acc = EventAccumulator(str(directory), size_guidance={SCALARS: 0})
-        acc.Reload()
-        tags = [t for t in acc.Tags()["scalars"] if t.startswith(alpha_tag)]
-        if not tags:
-            continue
-        rows = []
-        scalars = set(acc.Tags()["scalars"])
-        for tag in tags:
-            layer = tag[len(alpha_tag) :]
-            lam_tag = f"{prefix}/lambda_max/{layer}"
-            lam = _latest_per_step(acc.Scalars(lam_tag)) if lam_tag in scalars else {}
-            for step, alpha in _latest_per_step(acc.Scalars(tag)).items():
-                rows.append((step, layer, alpha, lam.get(step, math.nan)))
-        rows.sort(key=lambda row: (row[0], row[1]))
-        name = str(directory.relative_to(root)) if directory != root else "."
-        runs[name] = {"rows": rows}
-    return runs
+    return find_histories(logdir, prefix)
 
 
-def _latest_per_step(events: Sequence[Any]) -> dict[int, float]:
-    """One value per step: a step written twice (a run resumed into the same directory without
-    a restart marker) keeps the value written last, as the resumed run's curve shows it."""
-    return {int(event.step): float(event.value) for event in events}
+def _stats(values: Sequence[float]) -> str:
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return f"{'–':>8} {'–':>8} {'–':>8} {'–':>8}"
+    return f"{finite[0]:>8.3f} {finite[-1]:>8.3f} {min(finite):>8.3f} {max(finite):>8.3f}"
+
+
+def _reliable_count(flags: Sequence[Any]) -> str:
+    """``k/n``: in how many of the layer's analyses its fit was reliable; ``?`` if unknown (a
+    TensorBoard source has no flag)."""
+    known = [f for f in flags if isinstance(f, float) and math.isfinite(f)]
+    return f"{sum(f == 1.0 for f in known)}/{len(flags)}" if known else "?"
 
 
 def _cmd_history(args: argparse.Namespace, out: TextIO) -> int:
@@ -390,39 +372,45 @@ def _cmd_history(args: argparse.Namespace, out: TextIO) -> int:
     if not root.exists():
         raise CLIError(f"no such directory: {root}", EXIT_MISSING)
     if not root.is_dir():
-        raise CLIError(f"{root} is not a directory; give a TensorBoard log dir", EXIT_UNREADABLE)
+        raise CLIError(
+            f"{root} is not a directory; give a TensorBoard or CSV logger's log dir",
+            EXIT_UNREADABLE,
+        )
     _check_output_file(args.csv)
     runs = read_history(root, args.prefix)
     if not runs:
         raise CLIError(
-            f"no TensorBoard events with '{args.prefix}/alpha/' scalars under {root}",
+            f"no TensorBoard events with '{args.prefix}/alpha/' scalars and no "
+            f"{args.prefix}_history.csv under {root}",
             EXIT_UNREADABLE,
         )
-    for run, data in runs.items():
-        rows = data["rows"]
-        steps = sorted({r[0] for r in rows})
-        out.write(f"run {run}: {len(steps)} analyses, steps {steps[0]}..{steps[-1]}\n")
+    for run, found in runs.items():
+        steps = found.history.steps
         out.write(
-            f"{'layer':<32} {'first':>8} {'last':>8} {'min':>8} {'max':>8}  alpha over steps\n"
+            f"run {run}: {len(steps)} analyses, steps {steps[0]}..{steps[-1]} "
+            f"(from {found.source})\n"
         )
-        layers: dict[str, list[float]] = {}
-        for _, layer, alpha, _ in rows:
-            layers.setdefault(layer, []).append(alpha)
-        for layer, values in layers.items():
+        out.write(
+            f"{'layer':<32} {'first':>8} {'last':>8} {'min':>8} {'max':>8} {'reliable':>8}"
+            "  alpha over steps\n"
+        )
+        for layer, track in found.history.layers.items():
             name = layer if len(layer) <= 32 else "…" + layer[-31:]
+            values = [float(v) for v in track["alpha"]]
             out.write(
-                f"{name:<32} {values[0]:>8.3f} {values[-1]:>8.3f} {min(values):>8.3f} "
-                f"{max(values):>8.3f}  {_sparkline(values)}\n"
+                f"{name:<32} {_stats(values)} {_reliable_count(track.get('reliable', [])):>8}"
+                f"  {_sparkline(values)}\n"
             )
     if args.csv:
         import csv
 
         def write_csv() -> None:
+            columns = list(dict.fromkeys(c for f in runs.values() for c in f.history.columns))
             with open(args.csv, "w", newline="") as handle:
-                writer = csv.writer(handle)
-                writer.writerow(["run", "step", "layer", "alpha", "lambda_max"])
-                for run, data in runs.items():
-                    writer.writerows((run, *row) for row in data["rows"])
+                writer = csv.DictWriter(handle, fieldnames=["run", *columns])
+                writer.writeheader()
+                for run, found in runs.items():
+                    writer.writerows({"run": run, **row} for row in found.history.to_rows())
 
         _writing(args.csv, write_csv)
         out.write(f"wrote {args.csv}\n")
@@ -432,26 +420,24 @@ def _cmd_history(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def _write_heatmaps(runs: Mapping[str, dict[str, list]], path: Path) -> list[Path]:
-    """One heatmap of alpha per run (the picture ``<prefix>/alpha_heatmap`` shows in TensorBoard);
-    ``path`` itself for one run, ``<stem>_<run><suffix>`` for each of several."""
+def _write_heatmaps(runs: Mapping[str, FoundHistory], path: Path) -> list[Path]:
+    """One heatmap of alpha per run (the picture ``<prefix>/alpha_heatmap`` shows in TensorBoard,
+    unreliable fits hatched where the source says which); ``path`` itself for one run,
+    ``<stem>_<run><suffix>`` for each of several."""
     from spectral_monitor.sinks.plots import plot_alpha_heatmap
 
     written = []
-    for run, data in runs.items():
-        layers = list(dict.fromkeys(layer for _, layer, _, _ in data["rows"]))
-        steps = sorted({step for step, _, _, _ in data["rows"]})
-        alpha = np.full((len(layers), len(steps)), np.nan)
-        row_of = {name: i for i, name in enumerate(layers)}
-        column_of = {step: j for j, step in enumerate(steps)}
-        for step, layer, value, _ in data["rows"]:
-            alpha[row_of[layer], column_of[step]] = value
+    for run, found in runs.items():
+        layers, steps, alpha = found.history.alpha_matrix()
+        unreliable = found.history.layer_matrix("reliable")[2] == 0.0  # NaN (unknown) is not
         target = path
         if len(runs) > 1:
             label = re.sub(r"[^A-Za-z0-9_.-]+", "_", run).strip("_") or "run"
             target = path.with_name(f"{path.stem}_{label}{path.suffix or '.png'}")
         target.parent.mkdir(parents=True, exist_ok=True)
-        figure = plot_alpha_heatmap(layers, steps, alpha, title=f"alpha by layer — {run}")
+        figure = plot_alpha_heatmap(
+            layers, steps, alpha, unreliable, title=f"alpha by layer — {run}"
+        )
         figure.savefig(target, dpi=100)
         written.append(target)
     return written
@@ -536,9 +522,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow full unpickling (runs code from the file)",
     )
     a.add_argument("--no-color", action="store_true", help="no ANSI colours")
-    h = sub.add_parser("history", help="alpha trajectories from a run's TensorBoard events")
-    h.add_argument("logdir", help="a TensorBoard log directory (searched recursively)")
-    h.add_argument("--csv", help="write run, step, layer, alpha, lambda_max rows")
+    h = sub.add_parser(
+        "history", help="alpha trajectories from a run's TensorBoard events or CSV logger files"
+    )
+    h.add_argument(
+        "logdir", help="a TensorBoard or CSV logger's log directory (searched recursively)"
+    )
+    h.add_argument(
+        "--csv", help="write run, step, layer and every per-layer field (as far as the source has)"
+    )
     h.add_argument("--prefix", default="spectral", help="tag prefix used by the monitor")
     h.add_argument(
         "--plot",

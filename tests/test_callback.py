@@ -7,6 +7,7 @@ import math
 import signal
 import threading
 import time
+from dataclasses import fields
 
 import lightning as L
 import numpy as np
@@ -29,6 +30,8 @@ from lightning_helpers import (
 
 import spectral_monitor.live.worker as worker_module
 from spectral_monitor import SpectralMonitor, analyze
+from spectral_monitor.analysis.history import LAYER_KEYS
+from spectral_monitor.analysis.report import LayerSpectrum
 
 LAYERS = ["net.0", "net.2", "net.5", "net.7"]
 
@@ -397,7 +400,23 @@ def test_history_rows_and_csv(tmp_path) -> None:
     rows = monitor.history.to_rows()
     assert len(rows) == 3 * 4 and {r["step"] for r in rows} == {0, 5, 10}
     text = monitor.history.to_csv(tmp_path / "h.csv").read_text().splitlines()
-    assert text[0] == "step,layer,alpha,lambda_max" and len(text) == 13
+    assert text[0] == ",".join(["step", "layer", *LAYER_KEYS]) and len(text) == 13
+    # Every field of LayerSpectrum but the eigenvalues, whatever fields it has.
+    assert set(rows[0]) == {"step", "layer"} | {f.name for f in fields(LayerSpectrum)} - {
+        "name",
+        "evals",
+    }
+    latest = monitor.latest
+    assert latest is not None
+    for layer in latest.layers:
+        (row,) = [r for r in rows if r["step"] == 10 and r["layer"] == layer.name]
+        expected = {k: v for k, v in layer.to_row().items() if k != "name"}
+        got = {k: v for k, v in row.items() if k not in ("step", "layer")}
+        assert got.keys() == expected.keys()
+        for key, value in expected.items():
+            nan = isinstance(value, float) and math.isnan(value)
+            assert math.isnan(got[key]) if nan else got[key] == value, (key, got[key], value)
+            assert type(got[key]) is type(value), key
     steps, alphas = monitor.history.alpha("net.7")
     assert steps == [0, 5, 10] and all(a > 1 for a in alphas)
 

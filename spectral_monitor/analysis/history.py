@@ -1,17 +1,22 @@
-"""``SpectralHistory``: the trajectories of a training run — per layer (step, alpha, λmax) and the
-model aggregates per analysis — kept in memory, checkpointable, exportable as rows or CSV."""
+"""``SpectralHistory``: the trajectories of a training run — per layer every field of
+:class:`~spectral_monitor.analysis.report.LayerSpectrum` at every analysis, and the model
+aggregates per analysis — kept in memory, checkpointable, exportable as rows or CSV.
+
+The per-layer fields are taken from the dataclass itself (:data:`LAYER_KEYS`), so a field added to
+``LayerSpectrum`` is kept, checkpointed and exported without an edit here."""
 
 from __future__ import annotations
 
 import csv
 import math
-from dataclasses import dataclass, field
+from collections.abc import Collection
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from spectral_monitor.analysis.report import SpectralReport
+from spectral_monitor.analysis.report import ROW_FIELDS, LayerSpectrum, SpectralReport
 
 __all__ = [
     "AGGREGATE_KEYS",
@@ -20,16 +25,68 @@ __all__ = [
     "SpectralHistory",
     "log_growth",
     "rebound",
+    "typed_value",
 ]
 
 #: Aggregates kept per analysis (see SpectralReport.aggregates).
 AGGREGATE_KEYS = ("alpha_mean", "alpha_hat", "alpha_min", "frac_alpha_below_2", "num_reliable")
+#: Per-layer series kept per analysis: every scalar field of ``LayerSpectrum`` but its name
+#: (``shape`` as ``"a x b"`` text, as in ``LayerSpectrum.to_row``).
+LAYER_KEYS: tuple[str, ...] = tuple(key for key in ROW_FIELDS if key != "name")
+#: The declared type of each field, as text (``"float"``, ``"str | None"``, ...).
+_FIELD_TYPES = {f.name: str(f.type).replace(" | None", "") for f in fields(LayerSpectrum)}
+_NUMERIC = ("float", "int", "bool")
+
+
+def _stored(value: Any) -> float | str | None:
+    """How the history keeps a field's value: numbers and flags as float (so that a series is a
+    float array, ``reliable`` 1.0/0.0), text and None as they are, a shape as ``"a x b"``."""
+    if isinstance(value, (bool, int, float, np.number)):
+        return float(value)
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, tuple):
+        return "x".join(str(v) for v in value)
+    return str(value)
+
+
+def _missing(key: str) -> float | None:
+    """The value of a field not known at a step (a history saved before the field existed)."""
+    return math.nan if _FIELD_TYPES.get(key, "float") in _NUMERIC else None
+
+
+def typed_value(key: str, value: Any) -> Any:
+    """A kept value (float, text or None) or a value read from CSV text, as the field ``key`` of
+    ``LayerSpectrum`` holds it: ``float`` fields as float (NaN when empty), ``int`` and ``bool``
+    fields as int and bool (None when unknown), text fields as text or None. A key that is no
+    field of this version's ``LayerSpectrum`` (a file written by a newer one) comes back as a
+    float when it reads as a number, else as given.
+
+    Raises:
+        ValueError: a numeric field holds text that is not a number.
+    """
+    kind = _FIELD_TYPES.get(key)
+    if value is None or value == "":
+        return math.nan if kind == "float" else None
+    if kind in _NUMERIC:
+        number = float(value == "True") if value in ("True", "False") else float(value)
+        if kind == "float":
+            return number
+        if not math.isfinite(number):
+            return None
+        return bool(number) if kind == "bool" else int(number)
+    if kind is not None:
+        return value if isinstance(value, str) else _stored(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 #: Per-layer signals beyond alpha kept per analysis (see docs/guide/signals.md).
 SIGNAL_KEYS = ("num_spikes", "num_traps", "trap_excess", "erg_gap")
-#: Per-layer series kept per analysis.
-LAYER_KEYS = ("alpha", "alpha_lo", "alpha_hi", "reliable", "lambda_max", *SIGNAL_KEYS)
-#: Columns of :meth:`SpectralHistory.to_rows` / ``to_csv``.
-ROW_KEYS = ("step", "layer", "alpha", "lambda_max", *SIGNAL_KEYS)
 
 
 def rebound(values: np.ndarray | list[float]) -> np.ndarray:
@@ -79,14 +136,14 @@ class SpectralHistory:
     """Trajectories over training.
 
     Attributes:
-        layers: ``{layer: {"step": [...], "alpha": [...], "alpha_lo": [...], "alpha_hi": [...],
-            "reliable": [...] (1.0/0.0), "lambda_max": [...], "num_spikes": [...],
-            "num_traps": [...], "trap_excess": [...], "erg_gap": [...]}}``; a skipped layer's
-            alpha is NaN at that step; a count not computed is -1.
+        layers: ``{layer: {"step": [...], key: [...] for key in LAYER_KEYS}}`` — ``"alpha"``,
+            ``"alpha_lo"``, ``"alpha_hi"``, ``"reliable"`` (1.0/0.0), ``"lambda_max"``,
+            ``"unreliable_reason"``, ... every scalar field of ``LayerSpectrum``; numbers as
+            float, text as text; a skipped layer's alpha is NaN at that step.
         aggregates: ``{"step": [...], "alpha_mean": [...], ...}`` one entry per analysis.
     """
 
-    layers: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    layers: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
     aggregates: dict[str, list[float]] = field(
         default_factory=lambda: {"step": [], **{k: [] for k in AGGREGATE_KEYS}}
     )
@@ -116,10 +173,10 @@ class SpectralHistory:
         for layer in report.layers:
             track = self.layers.setdefault(layer.name, {"step": []})
             for key in LAYER_KEYS:  # a history restored from before a key existed gets NaN
-                track.setdefault(key, [math.nan] * len(track["step"]))
+                track.setdefault(key, [_missing(key)] * len(track["step"]))
             track["step"].append(report.step)
             for key in LAYER_KEYS:
-                track[key].append(float(getattr(layer, key)))
+                track[key].append(_stored(getattr(layer, key)))
         return True
 
     def drop_after(self, step: int) -> None:
@@ -153,7 +210,7 @@ class SpectralHistory:
         for i, name in enumerate(names):
             track = self.layers[name]
             for step, value in zip(track["step"], track.get(key, []), strict=False):
-                if int(step) in column:
+                if int(step) in column and isinstance(value, float):
                     matrix[i, column[int(step)]] = value
         return names, steps, matrix
 
@@ -169,28 +226,52 @@ class SpectralHistory:
         track = self.layers[layer]
         return [int(s) for s in track["step"]], log_growth(track["lambda_max"])
 
-    def to_rows(self) -> list[dict[str, Any]]:
-        """One row per (step, layer): :data:`ROW_KEYS` (step, layer, alpha, lambda_max and the
-        signals; NaN for a signal a history restored from before it existed lacks)."""
+    @property
+    def columns(self) -> list[str]:
+        """The columns of :meth:`to_rows`: ``step``, ``layer``, every key of :data:`LAYER_KEYS`,
+        then any other series a restored state holds."""
+        extra = {k: None for t in self.layers.values() for k in t if k not in LAYER_KEYS}
+        extra.pop("step", None)
+        return ["step", "layer", *LAYER_KEYS, *extra]
+
+    def to_rows(self, steps: Collection[int] | None = None) -> list[dict[str, Any]]:
+        """One row per (step, layer), ordered by step and then model order: ``step``, ``layer``
+        and every per-layer field (:attr:`columns`), typed as in ``LayerSpectrum.to_row``
+        (``reliable`` a bool, ``n_tail`` an int, ``unreliable_reason`` text or None).
+
+        Args:
+            steps: only the rows of these steps (None: all).
+        """
+        columns = self.columns[2:]
+        wanted = None if steps is None else set(steps)
         rows: list[dict[str, Any]] = []
         for name, track in self.layers.items():
-            count = len(track["step"])
-            series = {key: track.get(key, [math.nan] * count) for key in ROW_KEYS[2:]}
             for i, step in enumerate(track["step"]):
+                if wanted is not None and step not in wanted:
+                    continue
                 row: dict[str, Any] = {"step": int(step), "layer": name}
-                row.update({key: values[i] for key, values in series.items()})
+                for key in columns:
+                    series = track.get(key)
+                    row[key] = typed_value(key, series[i] if series is not None else None)
                 rows.append(row)
-        rows.sort(key=lambda r: int(r["step"]))
+        rows.sort(key=lambda r: int(r["step"]))  # stable: model order within a step
         return rows
 
     def to_csv(self, path: str | Path) -> Path:
-        """Write :meth:`to_rows` as CSV; returns the path."""
+        """Write :meth:`to_rows` as CSV (header :attr:`columns`; NaN as ``nan``, None empty);
+        returns the path. ``spectral_monitor.analysis.history_files.read_history_csv`` reads
+        it back."""
         path = Path(path)
         with path.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(ROW_KEYS))
-            writer.writeheader()
-            writer.writerows(self.to_rows())
+            self.write_csv(handle)
         return path
+
+    def write_csv(self, handle: Any) -> None:
+        """Write :meth:`to_rows` as CSV to an open text ``handle`` (opened with
+        ``newline=""``)."""
+        writer = csv.DictWriter(handle, fieldnames=self.columns)
+        writer.writeheader()
+        writer.writerows(self.to_rows())
 
     def state_dict(self) -> dict[str, Any]:
         """Plain lists and dicts (checkpoint-safe)."""

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import nn
 from typing_extensions import override
@@ -31,9 +31,10 @@ from spectral_monitor.analysis.history import SpectralHistory
 from spectral_monitor.analysis.options import bind_options, with_options
 from spectral_monitor.analysis.report import SpectralReport
 from spectral_monitor.analysis.snapshot import select
+from spectral_monitor.integrations.logger_sinks import media_of, not_sent_message, open_sink
 from spectral_monitor.live.distributed import torch_gather
 from spectral_monitor.live.tracker import SpectralTracker
-from spectral_monitor.sinks.tensorboard_sink import TensorBoardSink
+from spectral_monitor.sinks.sink import Analysis, Sink
 
 __all__ = ["SpectralMonitor"]
 
@@ -94,7 +95,7 @@ class SpectralMonitor(Callback):
         self.tracker = SpectralTracker(**bind_options(SpectralMonitor, args, kwargs))
         self.tracker.sinks.append(self._log_report)
         self._trainer: Trainer | None = None
-        self._tensorboard: dict[str, TensorBoardSink] = {}  # per TensorBoard logger's log_dir
+        self._sinks: dict[int, Sink | None] = {}  # per logger (by id); None: scalars only
         self._warned: set[str] = set()
         self._begun = False  # the first step of this fit() was seen
         self._step = 0  # logging step of the latest weights seen
@@ -104,7 +105,7 @@ class SpectralMonitor(Callback):
         # The Trainer stays in this process (``ddp_spawn`` pickles the callbacks into new ones).
         state = self.__dict__.copy()
         state["_trainer"] = None
-        state["_tensorboard"] = {}  # writers of this process's loggers
+        state["_sinks"] = {}  # writers of this process's loggers
         return state
 
     # --- public state ------------------------------------------------------------------------
@@ -149,8 +150,15 @@ class SpectralMonitor(Callback):
                 "monitor.history and trainer.callback_metrics only.",
             )
         self.stopped_step = None
-        # Only the process that writes the logs needs figures drawn.
-        draws = trainer.is_global_zero and bool(_tensorboard_loggers(trainer))
+        if trainer.is_global_zero:
+            for index, logger in enumerate(trainer.loggers):
+                message = not_sent_message(logger)
+                if message is not None:
+                    self._warn_once(f"not-sent-{index}-{type(logger).__name__}", message)
+        # Only the process that writes the logs needs figures drawn, and only for a logger
+        # that takes them.
+        takes_images = any("images" in media_of(logger) for logger in trainer.loggers)
+        draws = trainer.is_global_zero and takes_images
         self.tracker.image_sinks = [self._log_images] if draws else []
         distributed = trainer.world_size > 1 and torch.distributed.is_initialized()
         self.tracker.shard(
@@ -263,7 +271,7 @@ class SpectralMonitor(Callback):
         if stage == "fit":
             self._guard("shutdown", self.tracker.close)
             self._trainer = None
-            self._tensorboard = {}
+            self._sinks = {}
             self.tracker.image_sinks = []
 
     @override
@@ -319,7 +327,7 @@ class SpectralMonitor(Callback):
             reason = self.tracker.stop_reason or "the stop rule fired on another rank"
             rank_zero_info(f"SpectralMonitor: stopping at step {step}: {reason}")
             if trainer.is_global_zero:
-                for sink in self._tensorboard_sinks(trainer):
+                for sink in self._open_sinks(trainer):
                     self._guard("logger", lambda s=sink: s.write_text("stop_reason", reason, step))
 
     def _log_report(self, report: SpectralReport, step: int) -> None:
@@ -334,13 +342,11 @@ class SpectralMonitor(Callback):
         if not trainer.is_global_zero:
             return
         extras = self.tracker.extras_due()
-        for sink in self._tensorboard_sinks(trainer):
-            self._guard(
-                "logger",
-                lambda s=sink: s.write_report(
-                    report, step, scalars, extras["histograms"], extras["text"]
-                ),
-            )
+        analysis = Analysis(
+            report, step, scalars, self.history, extras["histograms"], extras["text"]
+        )
+        for sink in self._open_sinks(trainer):
+            self._guard("logger", lambda s=sink: s.write_analysis(analysis))
             # On disk now: a checkpoint that holds this analysis must not outlive its events (a
             # killed process loses what its writer had not flushed).
             self._guard("logger", sink.flush)
@@ -348,24 +354,27 @@ class SpectralMonitor(Callback):
     def _log_images(self, step: int, images: dict[str, Any]) -> None:
         if self._trainer is None:
             return
-        for sink in self._tensorboard_sinks(self._trainer):
-            self._guard("logger", lambda s=sink: s.write_images(step, images))
+        for sink in self._open_sinks(self._trainer):
+            if "images" in sink.takes:
+                self._guard("logger", lambda s=sink: s.write_images(step, images))
 
-    def _tensorboard_sinks(self, trainer: Trainer) -> list[TensorBoardSink]:
-        """One sink per TensorBoard logger; its scalars come through ``log_metrics``."""
+    def _open_sinks(self, trainer: Trainer) -> list[Sink]:
+        """One sink per logger that takes more than scalars, chosen by the logger's type
+        (:mod:`spectral_monitor.integrations.logger_sinks`); scalars go through each logger's
+        ``log_metrics``."""
         sinks = []
-        for logger in _tensorboard_loggers(trainer):
-            if logger.log_dir not in self._tensorboard:
+        for logger in trainer.loggers:
+            if id(logger) not in self._sinks:
                 self._guard("logger", lambda lg=logger: self._open_sink(lg))
-            if logger.log_dir in self._tensorboard:
-                sinks.append(self._tensorboard[logger.log_dir])
+            sink = self._sinks.get(id(logger))
+            if sink is not None:
+                sinks.append(sink)
         return sinks
 
-    def _open_sink(self, logger: TensorBoardLogger) -> None:
+    def _open_sink(self, logger: Logger) -> None:
         rule = self.tracker.stop_rule
         threshold = None if rule is None else rule.threshold
-        sink = TensorBoardSink(logger.experiment, self.tracker.prefix, threshold, scalars=False)
-        self._tensorboard[logger.log_dir] = sink
+        self._sinks[id(logger)] = open_sink(logger, self.tracker.prefix, threshold)
 
     def _guard(self, kind: str, action: Any, what: str | None = None) -> Any:
         """``action()``, or None when it raises: one warning with the traceback per failure,

@@ -32,6 +32,7 @@ import numpy as np
 from spectral_monitor.analysis.history import SpectralHistory
 from spectral_monitor.analysis.report import SpectralReport
 from spectral_monitor.sinks.plots import figure_to_array, plot_alpha_heatmap, plot_esd
+from spectral_monitor.sinks.sink import Analysis
 from spectral_monitor.weights.module_types import alpha_by_type
 
 __all__ = [
@@ -228,6 +229,8 @@ class TensorBoardSink:
             ``log_metrics``, already writes them to this writer).
     """
 
+    takes = frozenset({"histograms", "images", "table"})
+
     def __init__(
         self,
         writer: Any,
@@ -272,6 +275,13 @@ class TensorBoardSink:
                     self.writer.add_histogram(tag, np.log10(values), step)
         if text:
             self.writer.add_text(f"{self.prefix}/verdicts", verdict_table(report), step)
+
+    def write_analysis(self, analysis: Analysis) -> None:
+        """:meth:`write_report` of one analysis (the :class:`~spectral_monitor.sinks.sink.Sink`
+        interface)."""
+        self.write_report(
+            analysis.report, analysis.step, analysis.scalars, analysis.histograms, analysis.table
+        )
 
     def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
         """Figures drawn by :func:`draw_figures`, as ``<prefix>/<name>`` at ``step``."""
