@@ -123,3 +123,33 @@ def test_every_wrong_argument_of_the_monitor_and_tracker_is_a_value_error_naming
             assert refused, (cls.__name__, name, "accepted every wrong value")
             unnamed = [(value, message) for value, message in refused if name not in message]
             assert not unnamed, (cls.__name__, name, unnamed)
+
+
+def test_thread_mode_state_dict_holds_the_analysis_in_flight(monkeypatch) -> None:
+    """A plain loop checkpoints right after ``tracker.step`` started an analysis on the worker:
+    the state must hold that analysis (the worker is held until someone waits for it, so without
+    the wait the analysis is still running, however fast the machine)."""
+    import spectral_monitor.live.worker as worker_module
+
+    gate = threading.Event()
+    analyze_snapshot, wait = worker_module.analyze_snapshot, worker_module.AnalysisWorker.wait
+
+    def held(*args, **kwargs):
+        assert gate.wait(timeout=120), "nobody waited for the analysis"
+        return analyze_snapshot(*args, **kwargs)
+
+    def waiting(self):
+        gate.set()
+        return wait(self)
+
+    monkeypatch.setattr(worker_module, "analyze_snapshot", held)
+    monkeypatch.setattr(worker_module.AnalysisWorker, "wait", waiting)
+    tracker = SpectralTracker(every_n_steps=10, mode="thread", **TRUST_TINY)
+    model = small_mlp()
+    try:
+        tracker.step(model, 10)
+        state = tracker.state_dict()
+    finally:
+        gate.set()  # never leave the worker held
+        tracker.close()
+    assert state["history"]["aggregates"]["step"] == [10]

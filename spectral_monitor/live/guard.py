@@ -4,9 +4,8 @@ The monitor must never be the reason a training run dies. Its work on the traini
 (selecting layers, calling the user's ``register_layer`` functions, taking snapshots, scheduling,
 handing reports to loggers and sinks, handing figures over, checkpoint hooks) runs through a
 :class:`Guard`, as the worker's analyses run inside their own ``try``: an exception becomes one
-warning per kind of failure, with its traceback; later failures of that kind are only counted in
-:attr:`Guard.failures`; the caller skips what failed (a layer, an analysis, a logger call) and
-training goes on.
+warning with its traceback, and every failure is counted by kind in :attr:`Guard.failures`; the
+caller skips what failed (a layer, an analysis, a logger call) and training goes on.
 
 "Once" is per failure, not per call site: the same exception raised from the same line is warned
 about once even when several call sites (a hook, the snapshot, the final analysis) run into it.
@@ -24,7 +23,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 __all__ = ["KINDS", "Guard"]
 
-#: The kinds of failure, each warned about once: what failed, and what the monitor does instead.
+#: The kinds of failure (the keys of :attr:`Guard.failures`) and what the monitor does instead.
 KINDS: dict[str, str] = {
     "analysis": "that analysis is skipped",
     "layer": "that layer is skipped with the reason in the report",
@@ -39,7 +38,7 @@ KINDS: dict[str, str] = {
 
 @dataclass
 class Guard:
-    """Runs actions so that an exception is warned about once per kind and counted, never raised.
+    """Runs actions so that an exception is warned about once and counted, never raised.
 
     Attributes:
         failures: how many actions failed, per kind (see :data:`KINDS`).
