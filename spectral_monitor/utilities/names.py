@@ -57,8 +57,9 @@ def _forms(parts: list[str]) -> Iterable[list[str | None]]:
 
 
 def short_names(names: Sequence[str], width: int) -> dict[str, str | None]:
-    """The shortest form of each name that fits ``width`` characters and that no other name in
-    ``names`` matches; a name of at most ``width`` characters is kept whole.
+    """The form of each name with the fewest cuts, then the shortest, that fits ``width``
+    characters and that no other name in ``names`` matches; a name of at most ``width``
+    characters is kept whole.
 
     Returns:
         ``{name: form}``, or ``{name: None}`` when no distinguishing form fits (print the full
@@ -75,10 +76,13 @@ def short_names(names: Sequence[str], width: int) -> dict[str, str | None]:
         parts = name.split(".")
         others = [o for o in by_leaf[parts[-1]] if o != name]
         best: str | None = None
-        candidates = sorted({_render(f): f for f in _forms(parts)}.items(), key=lambda c: len(c[0]))
+        # Fewest cuts first (one ellipsis reads better than two), then shortest.
+        forms = {_render(f): f for f in _forms(parts)}
+        candidates = sorted(
+            ((t, f) for t, f in forms.items() if len(t) <= width),
+            key=lambda c: (c[1].count(_GAP), len(c[0])),
+        )
         for text, tokens in candidates:
-            if len(text) > width:
-                break
             pattern = _pattern(tokens)
             if not any(pattern.fullmatch(o) for o in others):
                 best = text
