@@ -169,7 +169,11 @@ def _torch_damage(path: Path, error: BaseException | None) -> str | None:
         if error is not None and "magic number" in str(error) and pickle_damage(data) is None:
             return None  # a whole pickle, but not torch's: torch's own message says so
         damage = pickle_damage(data, count=5)
-        return None if damage is None else f"damaged: its pickle stops parsing {damage}"
+        if damage is not None:
+            return f"damaged or truncated ({len(data)} bytes): its pickle stops parsing {damage}"
+        if error is not None and "EOF" in str(error):  # the pickles are whole, the data cut
+            return f"truncated: it ends at byte {len(data)}, inside its tensor data"
+        return None
     damage = zip_damage(path)
     if damage is not None:
         return damage
