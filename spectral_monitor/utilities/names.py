@@ -3,9 +3,9 @@ order a module tree lists them in.
 
 A short form keeps some of a name's dotted components and writes ``…`` for each run of one or
 more components it leaves out: ``bert.encoder.layer.10.attention.self.query`` can print as
-``…layer.10…query``. A form *distinguishes* its name when no other name of the table matches it,
-so two layers never print alike (cutting names from the left at a fixed width printed BERT's
-``layer.0`` and ``layer.1`` queries identically).
+``…layer.10…query``. A form *distinguishes* its name when no other name of the table matches
+it, even with an ``…`` read as nothing, so two layers never print alike (cutting names from the
+left at a fixed width printed BERT's ``layer.0`` and ``layer.1`` queries identically).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ __all__ = ["ELLIPSIS", "model_order", "numeric_aware_key", "short_names"]
 
 ELLIPSIS = "…"
 _GAP = None  # a token standing for one or more left-out components
-_ANY = r"[^.]+(?:\.[^.]+)*"
+_ANY = r"(?:\.[^.]+)*"
 
 
 def _render(tokens: Sequence[str | None]) -> str:
@@ -34,7 +34,10 @@ def _render(tokens: Sequence[str | None]) -> str:
 
 
 def _pattern(tokens: Sequence[str | None]) -> re.Pattern[str]:
-    return re.compile(r"\.".join(_ANY if t is _GAP else re.escape(t) for t in tokens))
+    """What a reader may take a form for, matched against ``"." + name``: each ``…`` stands for
+    any number of components, none included (``…layer.0…output.dense`` could be read as
+    ``layer.0.output.dense``, so it does not tell the two apart)."""
+    return re.compile("".join(_ANY if t is _GAP else r"\." + re.escape(t) for t in tokens))
 
 
 def _forms(parts: list[str]) -> Iterable[list[str | None]]:
@@ -84,7 +87,7 @@ def short_names(names: Sequence[str], width: int) -> dict[str, str | None]:
         )
         for text, tokens in candidates:
             pattern = _pattern(tokens)
-            if not any(pattern.fullmatch(o) for o in others):
+            if not any(pattern.fullmatch(f".{o}") for o in others):
                 best = text
                 break
         out[name] = best
