@@ -166,7 +166,7 @@ def _torch_damage(path: Path, error: BaseException | None) -> str | None:
         is_zip = handle.read(4) == b"PK\x03\x04"
     if not is_zip:  # legacy torch.save: 5 pickles, then the storages' bytes
         data = path.read_bytes()
-        if error is not None and "magic number" in str(error) and pickle_damage(data) is None:
+        if pickle_damage(data) is None and not _starts_with_torch_magic(data):
             return None  # a whole pickle, but not torch's: torch's own message says so
         damage = pickle_damage(data, count=5)
         if damage is not None:
@@ -185,6 +185,21 @@ def _torch_damage(path: Path, error: BaseException | None) -> str | None:
     return None if damage is None else f"damaged: its pickle, member {member}, {damage}"
 
 
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # the first pickle of a legacy torch.save file
+
+
+def _starts_with_torch_magic(data: bytes) -> bool:
+    """Whether the first pickle in ``data`` is legacy ``torch.save``'s magic number."""
+    import pickletools
+
+    for opcode, arg, _ in pickletools.genops(data):
+        if opcode.name == "STOP":
+            return False
+        if arg == _LEGACY_MAGIC:
+            return True
+    return False
+
+
 def _refused_globals(error: BaseException) -> list[str]:
     """The classes and functions the safe unpickler refused, as its message names them."""
     return list(dict.fromkeys(re.findall(r"Unsupported global: GLOBAL ([\w.]+)", str(error))))
@@ -193,13 +208,20 @@ def _refused_globals(error: BaseException) -> list[str]:
 def _load_torch(path: Path, trust_pickle: bool) -> Any:
     import pickle
 
+    checked = False
+    if trust_pickle:
+        # The full unpickler runs code from the file: never on a damaged one.
+        damage = _torch_damage(path, None)
+        if damage is not None:
+            raise CLIError(f"cannot read {path}: the file is {damage}", EXIT_UNREADABLE)
+        checked = True
     try:
         # A file object, not the name: this torch reads a '.safetensors' name as safetensors.
         with path.open("rb") as handle:
             obj = torch.load(handle, map_location="cpu", weights_only=not trust_pickle)
     except Exception as error:
-        # Damage first: a damaged pickle also fails the safe unpickler, and --trust-pickle would
-        # then run the full unpickler on a damaged, possibly hostile file.
+        # Damage first: a damaged pickle also fails the safe unpickler, and suggesting
+        # --trust-pickle would send a damaged, possibly hostile file to the full unpickler.
         damage = _torch_damage(path, error)
         if damage is not None:
             raise CLIError(f"cannot read {path}: the file is {damage}", EXIT_UNREADABLE) from error
@@ -215,7 +237,7 @@ def _load_torch(path: Path, trust_pickle: bool) -> Any:
             f"cannot read {path} as a torch checkpoint ({_first_line(error)})", EXIT_UNREADABLE
         ) from error
     # torch.load does not check the archive's checksums: flipped bytes in a tensor load silently.
-    damage = _torch_damage(path, None)
+    damage = None if checked else _torch_damage(path, None)
     if damage is not None:
         raise CLIError(f"cannot read {path}: the file is {damage}", EXIT_UNREADABLE)
     return obj
