@@ -18,7 +18,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning_helpers import TRUST_TINY, RandomLabelMLP, random_label_loader, trainer
 from torch import nn
 
-from spectral_monitor import SpectralBalancer, SpectralMonitor, analyze, prune_ratios
+from spectral_monitor import SpectralBalancer, SpectralMonitor
 from spectral_monitor.acting.balance_factors import (
     block_of,
     layer_factors,
@@ -27,7 +27,6 @@ from spectral_monitor.acting.balance_factors import (
 )
 from spectral_monitor.acting.param_groups import LAYERS_KEY, extend_schedulers, split_param_groups
 from spectral_monitor.analysis.report import LayerSpectrum, SpectralReport
-from spectral_monitor.cli import main
 
 SCRIPT = Path(__file__).resolve().parent / "scripts" / "ddp_balance.py"
 
@@ -337,45 +336,6 @@ def test_ddp_ranks_apply_the_same_factors(tmp_path) -> None:
     assert ranks[0]["trace"] == ranks[1]["trace"]
     assert len({tuple(sorted(f.items())) for _, f in ranks[0]["trace"]}) >= 3  # factors moved
     assert ranks[0]["lrs"] == ranks[1]["lrs"]
-
-
-# --- prune ratios ------------------------------------------------------------------------
-
-
-def test_prune_ratios_follow_alphapruning_and_hit_the_target() -> None:
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(128, 256), nn.ReLU(), nn.Linear(256, 256), nn.Linear(256, 64))
-    report = analyze(model)
-    rows = prune_ratios(report, 0.7, epsilon=0.3)
-    alphas = {la.name: la.alpha for la in report.layers}
-    lo, hi = min(alphas.values()), max(alphas.values())
-    raw = {k: 0.7 + 0.6 * (a - lo) / (hi - lo) for k, a in alphas.items()}
-    sizes = {r.name: r.num_params for r in rows}
-    scaler = 0.7 * sum(sizes.values()) / sum(sizes[k] * raw[k] for k in raw)
-    assert {r.name: r.sparsity for r in rows} == pytest.approx({k: raw[k] * scaler for k in raw})
-    mean = sum(r.num_params * r.sparsity for r in rows) / sum(sizes.values())
-    assert mean == pytest.approx(0.7)
-    with pytest.raises(ValueError, match="epsilon"):
-        prune_ratios(report, 0.95, epsilon=0.9)
-    with pytest.raises(ValueError, match="sparsity"):
-        prune_ratios(report, 1.2)
-
-
-def test_prune_ratios_command_prints_the_table_and_writes_json(tmp_path, capsys) -> None:
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(128, 256), nn.ReLU(), nn.Linear(256, 256), nn.Linear(256, 64))
-    torch.save(model.state_dict(), tmp_path / "m.pt")
-    code = main(
-        ["prune-ratios", str(tmp_path / "m.pt"), "--sparsity", "0.5", "--epsilon", "0.2",
-         "--json", str(tmp_path / "r.json")]
-    )  # fmt: skip
-    assert code == 0
-    out = capsys.readouterr().out
-    assert "mean sparsity 0.5000" in out
-    data = json.loads((tmp_path / "r.json").read_text())
-    expected = prune_ratios(analyze(model), 0.5, 0.2)
-    assert [r["sparsity"] for r in data["layers"]] == pytest.approx([r.sparsity for r in expected])
-    assert main(["prune-ratios", str(tmp_path / "missing.pt"), "--sparsity", "0.5"]) == 3
 
 
 def test_groups_tag_layers_for_reuse() -> None:

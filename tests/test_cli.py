@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import subprocess
 import sys
 
@@ -150,17 +151,248 @@ def one_line_error(capsys) -> str:
 
 def test_output_errors_exit_6_before_the_analysis(tmp_path, capsys) -> None:
     torch.save(small_cnn().state_dict(), tmp_path / "sd.pt")
+    (tmp_path / "file").write_text("x")
+    impossible = str(tmp_path / "file" / "x.out")  # a folder cannot be made under a file
     for option in ("--csv", "--json"):
-        code, text = run_cli("analyze", str(tmp_path / "sd.pt"), option, "/nonexistent/x.out")
+        code, text = run_cli("analyze", str(tmp_path / "sd.pt"), option, impossible)
         assert code == 6 and text == ""  # nothing printed: it failed before the work
-        assert "cannot write /nonexistent/x.out" in one_line_error(capsys)
+        assert f"cannot write {impossible}" in one_line_error(capsys)
         code, _ = run_cli("analyze", str(tmp_path / "sd.pt"), option, str(tmp_path))
         assert code == 6 and "is a directory" in one_line_error(capsys)
-    (tmp_path / "file").write_text("x")
     code, _ = run_cli("analyze", str(tmp_path / "sd.pt"), "--plots", str(tmp_path / "file"))
     assert code == 6 and "not a directory" in one_line_error(capsys)
-    code, _ = run_cli("history", str(tmp_path), "--csv", "/nonexistent/h.csv")
+    code, _ = run_cli("history", str(tmp_path), "--csv", impossible)
     assert code == 6 and "cannot write" in one_line_error(capsys)
+
+
+def test_every_output_option_creates_its_folder(tmp_path) -> None:
+    """One rule for output folders: --plots created its folder, --csv and --json failed on a
+    missing one; now each creates what is missing."""
+    torch.save(small_cnn().state_dict(), tmp_path / "sd.pt")
+    out = tmp_path / "new" / "deeper"
+    code, _ = run_cli(
+        "analyze", str(tmp_path / "sd.pt"), "--csv", str(out / "csv" / "t.csv"),
+        "--json", str(out / "json" / "t.json"), "--plots", str(out / "plots"),
+    )  # fmt: skip
+    assert code == 0
+    assert (out / "csv" / "t.csv").is_file() and (out / "json" / "t.json").is_file()
+    assert (out / "plots" / "alpha_by_layer.png").is_file()
+
+
+def test_step_comes_from_the_lightning_checkpoint(trained_run, tmp_path) -> None:
+    root, _, _ = trained_run
+    checkpoint = root / "ckpt" / "last.ckpt"
+    step = torch.load(checkpoint, map_location="cpu", weights_only=True)["global_step"]
+    code, text = run_cli(
+        "analyze", str(checkpoint), "--csv", str(tmp_path / "t.csv"),
+        "--json", str(tmp_path / "t.json"),
+    )  # fmt: skip
+    assert code == 0 and f"step {step}" in text
+    rows = list(csv.DictReader((tmp_path / "t.csv").open()))
+    assert rows and {row["step"] for row in rows} == {str(step)}
+    import json
+
+    assert json.loads((tmp_path / "t.json").read_text())["step"] == step
+
+
+def damage(path, offset: int, count: int = 16) -> None:
+    data = bytearray(path.read_bytes())
+    for k in range(offset, offset + count):
+        data[k] ^= 0x5A
+    path.write_bytes(bytes(data))
+
+
+def test_damaged_and_truncated_files_say_where_reading_failed(tmp_path, capsys) -> None:
+    """A flipped byte in the pickle was reported as "objects other than tensors ... add
+    --trust-pickle"; one in a tensor loaded silently; a truncated archive gave a bare OSError or
+    miniz's message; a truncated safetensors file was "not a ... safetensors file"."""
+    import zipfile
+
+    from safetensors.torch import save_file
+
+    state = small_cnn().state_dict()
+    checkpoint = {"state_dict": state, "global_step": 3}
+    torch.save(checkpoint, tmp_path / "whole.ckpt")
+    with zipfile.ZipFile(tmp_path / "whole.ckpt") as archive:
+        members = {info.filename: info for info in archive.infolist()}
+    pickle_member = next(name for name in members if name.endswith("/data.pkl"))
+    tensor_member = max(members, key=lambda name: members[name].file_size)
+    whole = (tmp_path / "whole.ckpt").read_bytes()
+
+    def start_of(name: str) -> int:  # where a member's data begin
+        info = members[name]
+        name_length = int.from_bytes(
+            whole[info.header_offset + 26 : info.header_offset + 28], "little"
+        )
+        extra = int.from_bytes(whole[info.header_offset + 28 : info.header_offset + 30], "little")
+        return info.header_offset + 30 + name_length + extra
+
+    cases = {
+        "pickle.ckpt": (lambda p: damage(p, start_of(pickle_member) + 40), pickle_member),
+        "tensor.ckpt": (lambda p: damage(p, start_of(tensor_member) + 100), tensor_member),
+    }
+    for name, (spoil, member) in cases.items():
+        (tmp_path / name).write_bytes(whole)
+        spoil(tmp_path / name)
+        code, _ = run_cli("analyze", str(tmp_path / name))
+        err = one_line_error(capsys)
+        assert code == 4 and "damaged" in err and member in err, err
+        assert "trust-pickle" not in err
+        # --trust-pickle does not run the full unpickler on it either.
+        code, _ = run_cli("analyze", str(tmp_path / name), "--trust-pickle")
+        assert code == 4 and "damaged" in one_line_error(capsys)
+    for cut in (len(whole) // 2, start_of(pickle_member) + 100, len(whole) - 10):
+        (tmp_path / "cut.ckpt").write_bytes(whole[:cut])
+        code, _ = run_cli("analyze", str(tmp_path / "cut.ckpt"))
+        err = one_line_error(capsys)
+        assert code == 4 and "truncated" in err and "byte" in err and "trust-pickle" not in err
+    # A legacy (non-zip) torch file cut inside its pickle: the byte where parsing stopped.
+    torch.save(checkpoint, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    legacy = (tmp_path / "legacy.pt").read_bytes()
+    (tmp_path / "legacy.pt").write_bytes(legacy[:200])
+    code, _ = run_cli("analyze", str(tmp_path / "legacy.pt"))
+    err = one_line_error(capsys)
+    assert code == 4 and "damaged" in err and "byte" in err and "trust-pickle" not in err
+    save_file(state, tmp_path / "w.safetensors")
+    data = (tmp_path / "w.safetensors").read_bytes()
+    for cut in (len(data) - 20, 40):
+        (tmp_path / "cut.safetensors").write_bytes(data[:cut])
+        code, _ = run_cli("analyze", str(tmp_path / "cut.safetensors"))
+        err = one_line_error(capsys)
+        assert code == 4 and "truncated" in err and "not a torch" not in err, err
+
+
+def test_base_that_shares_no_layer_is_an_error(tmp_path, capsys) -> None:
+    """It exited 0 with every layer skipped and NaN aggregates."""
+    torch.save(small_cnn().state_dict(), tmp_path / "model.pt")
+    torch.manual_seed(1)
+    other = torch.nn.Sequential(torch.nn.Linear(30, 40), torch.nn.Linear(40, 5))
+    torch.save({f"encoder.{k}": v for k, v in other.state_dict().items()}, tmp_path / "other.pt")
+    code, text = run_cli(
+        "analyze", str(tmp_path / "model.pt"), "--base", str(tmp_path / "other.pt")
+    )
+    err = one_line_error(capsys)
+    assert code == 7 and text == "" and "share no layer" in err
+    # Same names, other shapes: nothing to subtract either.
+    torch.save(small_cnn().state_dict(), tmp_path / "same.pt")
+    resized = {
+        k: torch.zeros(v.shape[0] + 1, *v.shape[1:]) for k, v in small_cnn().state_dict().items()
+    }
+    torch.save(resized, tmp_path / "resized.pt")
+    code, _ = run_cli("analyze", str(tmp_path / "model.pt"), "--base", str(tmp_path / "resized.pt"))
+    assert code == 7 and "share no layer" in one_line_error(capsys)
+    code, text = run_cli("analyze", str(tmp_path / "model.pt"), "--base", str(tmp_path / "same.pt"))
+    assert code == 0  # W - W_base = 0 everywhere: each layer skipped with its reason, no error
+    assert "skipped" in text
+
+
+class Block(torch.nn.Module):
+    """Defined in BERT's order: self-attention (query, key), attention output, then output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attention = torch.nn.ModuleDict(
+            {
+                "self": torch.nn.ModuleDict(
+                    {"query": torch.nn.Linear(16, 16), "key": torch.nn.Linear(16, 16)}
+                ),
+                "output": torch.nn.ModuleDict({"dense": torch.nn.Linear(16, 16)}),
+            }
+        )
+        self.output = torch.nn.ModuleDict({"dense": torch.nn.Linear(16, 16)})
+
+
+class Encoder(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.encoder = torch.nn.ModuleDict(
+            {"layer": torch.nn.ModuleList(Block() for _ in range(12))}
+        )
+        self.classifier = torch.nn.Linear(16, 4)
+
+
+def table_names(text: str) -> list[str]:
+    """The name cells of the layer rows of a printed table (a whole name on its own line
+    counts for the row under it)."""
+    lines = text.splitlines()
+    names, pending = [], None
+    for line in lines[2:]:
+        if line.startswith(("alpha_mean=", "note:", "left out:", "wrote ")):
+            break
+        if " linear " not in line:
+            pending = line
+            continue
+        names.append(pending or line.split()[0])
+        pending = None
+    return names
+
+
+def test_table_names_are_distinct_and_layers_in_model_order(tmp_path) -> None:
+    """Names cut from the left at 22 characters printed layer.0 and layer.1's queries alike;
+    a safetensors file (keys sorted as strings) listed layer.10 before layer.2."""
+    from safetensors.torch import save_file
+
+    model = Encoder()
+    expected = [la.name for la in analyze(model).layers]
+    assert expected[:4] == [
+        "encoder.layer.0.attention.self.query",
+        "encoder.layer.0.attention.self.key",
+        "encoder.layer.0.attention.output.dense",
+        "encoder.layer.0.output.dense",
+    ]
+    torch.save(model.state_dict(), tmp_path / "sd.pt")
+    save_file(model.state_dict(), tmp_path / "w.safetensors")
+    code, text = run_cli("analyze", str(tmp_path / "sd.pt"), "--csv", str(tmp_path / "sd.csv"))
+    assert code == 0
+    assert [r["name"] for r in csv.DictReader((tmp_path / "sd.csv").open())] == expected
+    names = table_names(text)
+    assert len(names) == len(expected) == len(set(names))  # one row each, none printed alike
+    assert all(len(line) <= 100 for line in text.splitlines())
+    for shown, full in zip(names, expected, strict=True):
+        pattern = "^" + ".*".join(map(re.escape, shown.split("…"))) + "$"
+        assert re.match(pattern, full), (shown, full)  # a short form of its own name
+    code, text = run_cli(
+        "analyze", str(tmp_path / "w.safetensors"), "--csv", str(tmp_path / "s.csv")
+    )
+    assert code == 0
+    got = [r["name"] for r in csv.DictReader((tmp_path / "s.csv").open())]
+    blocks = [int(n.split(".")[2]) for n in got if n.startswith("encoder.layer.")]
+    # The file's keys are sorted as strings, so the definition order is not known: blocks in
+    # numeric order (layer.2 before layer.10), within a block numeric-aware key order.
+    assert blocks == sorted(blocks) and len(blocks) == len(expected) - 1
+    assert sorted(got) == sorted(expected)
+    assert len(set(table_names(text))) == len(expected)
+
+
+def test_save_pretrained_gpt2_gives_the_module_s_layers(tmp_path) -> None:
+    """save_pretrained leaves out lm_head (tied to transformer.wte): the file gave 8 layers and
+    another alpha_mean than analyze(model), without a word why."""
+    import json
+
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(
+        n_layer=2, n_embd=64, n_head=2, vocab_size=300, n_positions=32, bos_token_id=0,
+        eos_token_id=0,
+    )  # fmt: skip
+    model = transformers.GPT2LMHeadModel(config)
+    model.save_pretrained(tmp_path / "gpt2")
+    expected = analyze(model)
+    assert "lm_head" in [la.name for la in expected.layers]
+    weights = tmp_path / "gpt2" / "model.safetensors"
+    code, text = run_cli("analyze", str(weights), "--json", str(tmp_path / "g.json"))
+    assert code == 0
+    assert "lm_head is tied to transformer.wte and is not stored in this file" in text
+    rows = json.loads((tmp_path / "g.json").read_text())["layers"]
+    assert [r["name"] for r in rows] == [la.name for la in expected.layers]
+    assert [r["alpha"] for r in rows] == pytest.approx(
+        [la.alpha for la in expected.layers], rel=1e-6
+    )
+    # Without the config beside it the file cannot show the tie: the CLI names it.
+    (tmp_path / "gpt2" / "config.json").unlink()
+    code, text = run_cli("analyze", str(weights))
+    assert code == 0 and "lm_head may be tied to transformer.wte" in text
 
 
 def test_unreadable_files_say_what_they_are_without_a_pickle_hint(tmp_path, capsys) -> None:

@@ -1,26 +1,47 @@
 """AlphaPruning's layer-wise sparsities (Lu et al., NeurIPS 2024): prune the layers whose
 spectra are heavy-tailed (small alpha, well trained) less, and the light-tailed ones more.
 
-For the layers' alphas α_i (or their blocks' mean alphas, ``block=True``)::
+Only reliable fits decide (as everywhere else in the package: an unreliable alpha enters no
+aggregate, verdict, stop rule or balancer). For the reliable layers' alphas α_i (or their blocks'
+mean alphas, ``block=True``)::
 
     ratio_i = s1 + (s2 − s1)(α_i − α_min)/(α_max − α_min),   s1 = 1 − ε, s2 = 1 + ε
-    sparsity_i = ratio_i · S · Σ n_j / Σ n_j ratio_j
+    sparsity_i = ratio_i · S · Σ n_j / Σ n_j ratio_j        (sums over the reliable layers)
 
-so that the parameter-weighted mean sparsity Σ n_i sparsity_i / Σ n_i equals the target S
-(n_i: the layer's number of weights). Layers without an alpha get ratio 1. A layer's sparsity can
-exceed 1 for extreme S and ε; :func:`prune_ratios` raises then instead of returning a fraction no
-pruner can apply.
+so that the reliable layers' parameter-weighted mean sparsity is the target S (n_i: the layer's
+number of weights). Every other layer — unreliable, skipped, or excluded by the caller — keeps
+the uniform sparsity S, so the whole model's parameter-weighted mean is S too.
+
+No layer is asked to prune ``max_sparsity`` or more of its weights: a layer whose share would
+reach it is held at ``max_sparsity`` and the weights it cannot take are spread over the other
+reliable layers in proportion to their ratios (water-filling), so the target still holds. Only a
+target that no allocation under the cap can meet (S > ``max_sparsity``) is an error.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from spectral_monitor.acting.balance_factors import block_of, linear_factors
 from spectral_monitor.analysis.report import SpectralReport
 
-__all__ = ["LayerSparsity", "prune_ratios"]
+__all__ = [
+    "DEFAULT_MAX_SPARSITY",
+    "InfeasibleTargetError",
+    "LayerSparsity",
+    "capped_shares",
+    "prune_ratios",
+]
+
+#: The largest fraction of one layer's weights :func:`prune_ratios` asks to prune.
+DEFAULT_MAX_SPARSITY = 0.99
+
+
+class InfeasibleTargetError(ValueError):
+    """The target sparsity cannot be met with no layer pruning more than ``max_sparsity``."""
 
 
 @dataclass(frozen=True)
@@ -30,11 +51,13 @@ class LayerSparsity:
     Attributes:
         name: the layer's name in the report.
         num_params: weights in the layer (the product of its shape).
-        alpha: the alpha the ratio was computed from (the block mean with ``block=True``), NaN
-            when the layer has none.
-        reliable: whether the layer's own fit is reliable (informative: every fitted alpha is
-            used, as AlphaPruning does).
-        sparsity: the fraction of the layer's weights to prune.
+        alpha: the layer's fitted alpha (its block's mean over reliable layers with
+            ``block=True``), NaN when it has none.
+        reliable: whether the sparsity came from alpha (a reliable fit, not excluded); False:
+            the layer keeps the uniform sparsity (the target).
+        sparsity: the fraction of the layer's weights to prune, in [0, ``max_sparsity``].
+        capped: the layer's AlphaPruning share reached ``max_sparsity`` and was held there (its
+            excess went to the other reliable layers).
     """
 
     name: str
@@ -42,58 +65,107 @@ class LayerSparsity:
     alpha: float
     reliable: bool
     sparsity: float
+    capped: bool = False
+
+
+def capped_shares(
+    weights: Mapping[str, float], ratios: Mapping[str, float], target: float, cap: float
+) -> tuple[dict[str, float], set[str]]:
+    """Fractions ``s_i = k · ratio_i`` with ``Σ w_i s_i = target · Σ w_i``, no ``s_i`` above
+    ``cap``: the layers that would pass it are held at ``cap`` and ``k`` is solved again for the
+    others (water-filling; at most ``len(weights)`` rounds).
+
+    Args:
+        weights: ``{name: n_i}``, positive parameter counts.
+        ratios: ``{name: ratio_i}``, positive.
+        target: the weighted mean to reach, in (0, ``cap``].
+        cap: the largest fraction, < 1.
+
+    Returns:
+        ``({name: s_i}, names held at the cap)``.
+    """
+    total = sum(weights.values())
+    capped: set[str] = set()
+    while True:
+        free = [k for k in weights if k not in capped]
+        need = target * total - cap * sum(weights[k] for k in capped)
+        mass = sum(weights[k] * ratios[k] for k in free)
+        scale = need / mass if mass > 0 else 0.0
+        over = {k for k in free if scale * ratios[k] > cap}
+        if not over:
+            shares = {k: cap if k in capped else scale * ratios[k] for k in weights}
+            return shares, capped
+        capped |= over
 
 
 def prune_ratios(
-    report: SpectralReport, sparsity: float, epsilon: float = 0.3, block: bool = False
+    report: SpectralReport,
+    sparsity: float,
+    epsilon: float = 0.3,
+    block: bool = False,
+    exclude: Sequence[str] = (),
+    max_sparsity: float = DEFAULT_MAX_SPARSITY,
 ) -> list[LayerSparsity]:
     """Per-layer sparsities whose parameter-weighted mean is ``sparsity``.
 
     Args:
-        report: an analysis of the model (every layer with a fitted alpha takes part).
+        report: an analysis of the model; its reliable layers get AlphaPruning's ratios, every
+            other layer the uniform sparsity.
         sparsity: the target fraction of weights pruned overall, in (0, 1).
         epsilon: the spread ε of the ratios, in [0, 1).
-        block: use each block's mean alpha (:func:`~.balance_factors.block_of`).
+        block: use each block's mean alpha (:func:`~.balance_factors.block_of`; the mean over
+            the block's reliable layers).
+        exclude: glob patterns of layer names that keep the uniform sparsity.
+        max_sparsity: no layer prunes more than this fraction, in (0, 1).
+
+    Returns:
+        One :class:`LayerSparsity` per layer of the report, in report order.
 
     Raises:
-        ValueError: ``sparsity`` or ``epsilon`` out of range, or a layer's sparsity would be
-            >= 1 (lower ``epsilon`` or ``sparsity``).
+        ValueError: an argument out of range (naming it).
+        InfeasibleTargetError: a target above ``max_sparsity``, which no allocation can meet.
     """
-    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)):
-        raise ValueError(f"sparsity must be a number in (0, 1), got {sparsity!r}")
-    if not 0.0 < sparsity < 1.0:
-        raise ValueError(f"sparsity must be in (0, 1), got {sparsity!r}")
-    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)):
-        raise ValueError(f"epsilon must be a number in [0, 1), got {epsilon!r}")
-    if not 0.0 <= epsilon < 1.0:
-        raise ValueError(f"epsilon must be in [0, 1), got {epsilon!r}")
-    fitted = {la.name: float(la.alpha) for la in report.fitted}
-    keys = {name: block_of(name) if block else name for name in fitted}
+    for argument, value, low, high, closed in (
+        ("sparsity", sparsity, 0.0, 1.0, False),
+        ("epsilon", epsilon, 0.0, 1.0, True),
+        ("max_sparsity", max_sparsity, 0.0, 1.0, False),
+    ):
+        interval = f"[{low:g}, {high:g})" if closed else f"({low:g}, {high:g})"
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{argument} must be a number in {interval}, got {value!r}")
+        if not (low <= value < high if closed else low < value < high):
+            raise ValueError(f"{argument} must be in {interval}, got {value!r}")
+    if sparsity > max_sparsity:
+        raise InfeasibleTargetError(
+            f"sparsity={sparsity} cannot be met with no layer pruning more than "
+            f"max_sparsity={max_sparsity}"
+        )
+    decided = {
+        la.name: float(la.alpha)
+        for la in report.reliable
+        if not any(fnmatch.fnmatchcase(la.name, p) for p in exclude)
+    }
+    keys = {name: block_of(name) if block else name for name in decided}
     members: dict[str, list[float]] = {}
-    for name, alpha in fitted.items():
+    for name, alpha in decided.items():
         members.setdefault(keys[name], []).append(alpha)
     means = {key: sum(v) / len(v) for key, v in members.items()}
-    ratios = linear_factors(means, 1.0 - epsilon, 1.0 + epsilon)
-    rows = []
-    for la in report.layers:
-        key = keys.get(la.name)
-        rows.append(
-            (
-                la.name,
-                math.prod(la.shape),
-                means[key] if key is not None else math.nan,
-                la.reliable,
-                ratios[key] if key is not None else 1.0,
-            )
+    by_key = linear_factors(means, 1.0 - epsilon, 1.0 + epsilon)
+    sizes = {la.name: math.prod(la.shape) for la in report.layers}
+    shares, capped = capped_shares(
+        {name: sizes[name] for name in decided},
+        {name: by_key[keys[name]] for name in decided},
+        sparsity,
+        max_sparsity,
+    )
+    return [
+        LayerSparsity(
+            la.name,
+            sizes[la.name],
+            means[keys[la.name]] if la.name in decided else float(la.alpha),
+            la.name in decided,
+            shares.get(la.name, sparsity),
+            la.name in capped,
         )
-    total = sum(n for _, n, _, _, _ in rows)
-    weighted = sum(n * r for _, n, _, _, r in rows)
-    scaler = sparsity * total / weighted if weighted > 0 else 0.0
-    out = [LayerSparsity(name, n, a, ok, r * scaler) for name, n, a, ok, r in rows]
-    over = [s for s in out if s.sparsity >= 1.0]
-    if over:
-        raise ValueError(
-            f"sparsity={sparsity} with epsilon={epsilon} asks {over[0].name} to prune "
-            f"{over[0].sparsity:.3f} of its weights (>= 1); lower epsilon or sparsity"
-        )
-    return out
+        for la in report.layers
+    ]

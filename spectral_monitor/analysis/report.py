@@ -14,6 +14,7 @@ import numpy as np
 
 from spectral_monitor.spectra.metrics import aggregate_metrics
 from spectral_monitor.spectra.powerlaw_fit import PowerLawFit
+from spectral_monitor.utilities.names import short_names
 from spectral_monitor.weights.module_types import alpha_by_type
 
 __all__ = ["ROW_FIELDS", "SIGNAL_SCALARS", "LayerSpectrum", "SpectralReport"]
@@ -273,21 +274,32 @@ class SpectralReport:
             raise ImportError("to_dataframe() needs pandas: pip install pandas") from error
         return pd.DataFrame(self.to_rows())
 
-    def format_table(self, width: int = 100) -> str:
-        """An aligned text table of the layers and the aggregates, at most ``width`` columns."""
+    def format_table(self, width: int = 120) -> str:
+        """An aligned text table of the layers and the aggregates, at most ``width`` columns.
+
+        Each layer's name is the shortest form that tells it from every other layer
+        (:func:`~spectral_monitor.utilities.names.short_names`); a name no such form of 22
+        characters fits is printed whole on a line of its own, above its row."""
         # spk/trp: eigenvalues above the MP edge (spikes) and traps of the shuffled weight.
-        header = f"{'layer':<22} {'shape':>11} {'alpha':>6} {'interval':>13}"
+        header = f"{'layer':<22} {'kind':<7} {'shape':>11} {'alpha':>6} {'interval':>13}"
         header += f" {'lambda_max':>9} {'tail':>5} {'D':>5} {'spk':>3} {'trp':>3}  verdict"
         lines = [header, "-" * min(width, len(header) + 13)]
+        # Names that no distinguishing short form fits print whole, on a line of their own.
+        short = short_names([la.name for la in self.layers], 22)
+        whole: set[int] = set()  # lines never cut: a name is shown whole or not at all
         for la in self.layers:
-            name = la.name if len(la.name) <= 22 else "…" + la.name[-21:]
+            name = short[la.name]
+            if name is None:
+                whole.add(len(lines))
+                lines.append(la.name)
+                name = ""
             shape = "x".join(str(s) for s in la.shape)
             if la.skipped is not None:
-                lines.append(f"{name:<22} {shape:>11}  skipped ({la.kind}): {la.skipped}")
+                lines.append(f"{name:<22} {la.kind:<7} {shape:>11}  skipped: {la.skipped}")
                 continue
             interval = f"[{la.alpha_lo:.2f}, {la.alpha_hi:.2f}]"
             lines.append(
-                f"{name:<22} {shape:>11} {la.alpha:>6.3g} {interval:>13}"
+                f"{name:<22} {la.kind:<7} {shape:>11} {la.alpha:>6.3g} {interval:>13}"
                 f" {la.lambda_max:>9.3g} {la.n_tail:>5d} {la.D:>5.3f}"
                 f" {_count(la.num_spikes):>3} {_count(la.num_traps):>3}  {la.verdict}"
             )
@@ -297,7 +309,7 @@ class SpectralReport:
             f"frac_alpha<2={agg['frac_alpha_below_2']:.2f}  layers={agg['num_layers']} "
             f"(reliable {agg['num_reliable']}, skipped {agg['num_skipped']})"
         )
-        return "\n".join(line[:width] for line in lines)
+        return "\n".join(line if i in whole else line[:width] for i, line in enumerate(lines))
 
     def __str__(self) -> str:
         return self.format_table()

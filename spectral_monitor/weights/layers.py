@@ -45,6 +45,8 @@ from typing import Any, Literal, Union
 import torch
 from torch import nn
 
+from spectral_monitor.utilities.names import model_order
+
 __all__ = [
     "CONV2D_MODES",
     "CONV_MODES",
@@ -668,8 +670,13 @@ def _strip_prefixes(keys: Sequence[str]) -> dict[str, str]:
 
 
 def _state_dict_specs(state_dict: Mapping[str, Any], lora: str) -> tuple[list[LayerSpec], set[str]]:
-    """Specs from a state dict's keys and shapes, in key order, and the keys they read."""
+    """Specs from a state dict's keys and shapes, in model order
+    (:func:`~spectral_monitor.utilities.names.model_order`), and the keys they read."""
     names = _strip_prefixes([k for k in state_dict if isinstance(k, str)])
+    # Model order, not key order: safetensors files keep their keys sorted as strings
+    # ("layer.10" before "layer.2", "attention.output" before "attention.self").
+    place = {name: i for i, name in enumerate(model_order(list(names.values())))}
+    names = dict(sorted(names.items(), key=lambda item: place[item[1]]))
     specs: list[LayerSpec] = []
     used: set[str] = set()
     lora_bases = {m.group(1) for m in map(_LORA_KEY.match, names.values()) if m}
