@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import shutil
+import socket
 import subprocess
 import sys
 import warnings
@@ -166,9 +168,6 @@ DDP_SCRIPT = Path(__file__).resolve().parent / "scripts" / "hf_ddp_run.py"
 
 def run_hf_ddp(out: Path, *extra: str) -> list[dict]:
     """tests/scripts/hf_ddp_run.py on 2 CPU processes started by torchrun (gloo)."""
-    import os
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -209,3 +208,18 @@ def test_ddp_ranks_share_the_work_agree_stop_together_and_rank_zero_writes(tmp_p
     assert h0["aggregates"]["alpha_mean"][-1] == pytest.approx(expected.alpha_mean, rel=1e-6)
     events = list((tmp_path / "tb").rglob("events.out.tfevents.*"))
     assert len(events) == 1
+
+
+@pytest.mark.slow
+def test_the_guide_example_runs_as_printed(tmp_path) -> None:
+    """The Python block of docs/guide/huggingface.md, run as a user would paste it."""
+    guide = Path(__file__).resolve().parents[1] / "docs" / "guide" / "huggingface.md"
+    code = guide.read_text().split("```python\n")[1].split("```")[0]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "analysed steps: [0, 10, 20, 30, 40]" in done.stdout
+    assert list((tmp_path / "hf_run" / "runs").rglob("events.out.tfevents.*"))
+    assert (tmp_path / "hf_run" / "checkpoint-40" / "spectral_monitor_state.json").is_file()
