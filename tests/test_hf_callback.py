@@ -47,6 +47,22 @@ def test_importing_the_package_does_not_import_transformers() -> None:
     assert done.stdout.strip() == "spectral_monitor.integrations.hf_callback"
 
 
+def test_takes_the_monitor_options() -> None:
+    import inspect
+
+    from spectral_monitor import SpectralMonitor
+
+    assert inspect.signature(SpectralTrainerCallback) == inspect.signature(SpectralMonitor)
+    assert "stop_patience: " in SpectralTrainerCallback.__doc__
+    callback = SpectralTrainerCallback(7, stop_below=2.5, stop_on="alpha_min", prefix="p")
+    assert callback.tracker.every_n_steps == 7 and callback.tracker.prefix == "p"
+    assert callback.tracker.stop_rule is not None and callback.tracker.stop_rule.threshold == 2.5
+    with pytest.raises(TypeError):
+        SpectralTrainerCallback(stop_belo=2.0)
+    with pytest.raises(ValueError, match="every_n_steps"):
+        SpectralTrainerCallback(every_n_steps=0)
+
+
 def test_gpt2_scalars_reach_log_history_and_hf_tensorboard_folder(tmp_path) -> None:
     """Step 0 is the initial weights and the last step the final ones (equal to analyze()); every
     analysis reaches log_history once, stamped with its step, and HF's TensorBoard run folder

@@ -346,15 +346,9 @@ class SpectralTrainerCallback(TrainerCallback):
         return wrapped if isinstance(wrapped, nn.Module) and wrapped is not model else None
 
     def _checkpoint_folder(self, args: TrainingArguments, state: TrainerState) -> str:
-        """Where the Trainer saves the checkpoint of ``state.global_step``."""
-        run_dir = args.output_dir
-        get_run_dir = getattr(self._trainer, "_get_output_dir", None)
-        if callable(get_run_dir):  # hyper-parameter search runs save in a folder per trial
-            try:
-                run_dir = get_run_dir(trial=None)
-            except Exception:
-                run_dir = args.output_dir
-        return os.path.join(str(run_dir), f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+        """Where the Trainer saves the checkpoint of ``state.global_step`` (a hyper-parameter
+        search saves in a folder per trial instead; on_save then warns)."""
+        return os.path.join(str(args.output_dir), f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
 
     def _has_tensorboard(self) -> bool:
         handler = getattr(self._trainer, "callback_handler", None)
