@@ -445,7 +445,7 @@ def _find_trainer(callback: TrainerCallback) -> tuple[Trainer | None, Any]:
 def _log_at(
     trainer: Trainer, scalars: dict[str, float], step: int, epoch: float | None = None
 ) -> None:
-    """``trainer.log(scalars)`` as if at ``step`` (and ``epoch``): ``log_history`` and the
+    """``Trainer.log`` of ``scalars`` as if at ``step`` (and ``epoch``): ``log_history`` and the
     reporters read them from ``state``, set for the call. ``control.should_log``, which ``on_log``
     clears, is kept: a loss log due at this step must still happen."""
     state = trainer.state
@@ -455,7 +455,10 @@ def _log_at(
     if epoch is not None:
         state.epoch = epoch
     try:
-        trainer.log({k: v for k, v in scalars.items() if math.isfinite(v)})
+        # The base class's log, not an override: subclasses such as TRL's trainers fold their
+        # own accumulated metrics into every log call and reset them, which would move those
+        # metrics to this entry (and this step).
+        Trainer.log(trainer, {k: v for k, v in scalars.items() if math.isfinite(v)})
     finally:
         state.global_step, state.epoch = current
         trainer.control.should_log = should_log or trainer.control.should_log
