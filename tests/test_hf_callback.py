@@ -37,14 +37,12 @@ def spectral_logs(log_history: list[dict]) -> list[dict]:
 
 
 def test_importing_the_package_does_not_import_transformers() -> None:
-    code = (
-        "import sys, spectral_monitor; assert 'transformers' not in sys.modules; "
-        "cls = spectral_monitor.SpectralTrainerCallback; assert 'transformers' in sys.modules; "
-        "print(cls.__module__)"
-    )
+    code = "import sys, spectral_monitor; print('transformers' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip() == "spectral_monitor.integrations.hf_callback"
+    assert done.stdout.strip() == "False"
+    # Loaded on first use (this module's import above went through the package's __getattr__).
+    assert SpectralTrainerCallback.__module__ == "spectral_monitor.integrations.hf_callback"
 
 
 def test_takes_the_monitor_options() -> None:
