@@ -19,6 +19,7 @@ from spectral_monitor.weights.layers import register_layer
 
 if TYPE_CHECKING:
     from spectral_monitor.acting.balancer import SpectralBalancer
+    from spectral_monitor.integrations.hf_callback import SpectralTrainerCallback
     from spectral_monitor.integrations.lightning_callback import SpectralMonitor
     from spectral_monitor.live.tracker import SpectralTracker
     from spectral_monitor.spectral_analysis import SpectralAnalysis
@@ -37,6 +38,7 @@ __all__ = [
     "SpectralMonitor",
     "SpectralReport",
     "SpectralTracker",
+    "SpectralTrainerCallback",
     "__version__",
     "analyze",
     "fit_power_law",
@@ -45,14 +47,16 @@ __all__ = [
     "register_layer",
 ]
 
-# Lightning takes seconds to import, matplotlib most of one; only the training-time classes and
-# the seed's plotting class need them, so these load on first use and `spectral-monitor --help`
-# or `analyze()` do not pay for them.
+# Lightning takes seconds to import, matplotlib most of one, transformers several; only the
+# training-time classes and the seed's plotting class need them, so these load on first use and
+# `spectral-monitor --help` or `analyze()` do not pay for them.
 _LAZY = {
     "SpectralAnalysis": "spectral_monitor.spectral_analysis",
     "SpectralBalancer": "spectral_monitor.acting.balancer",
     "SpectralMonitor": "spectral_monitor.integrations.lightning_callback",
     "SpectralTracker": "spectral_monitor.live.tracker",
+    # Needs the optional `transformers` (pip install "spectral-monitor[hf]").
+    "SpectralTrainerCallback": "spectral_monitor.integrations.hf_callback",
 }
 
 

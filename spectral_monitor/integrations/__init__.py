@@ -1,1 +1,1 @@
-"""Adapters to trainers: the Lightning callback."""
+"""Adapters to trainers: the Lightning callback and the Hugging Face Trainer callback."""
