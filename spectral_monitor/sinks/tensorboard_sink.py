@@ -14,8 +14,8 @@ Facts this module respects:
   layout of every prefix seen there (:func:`register_layout`).
 - TensorBoard re-bins histograms into 30 linear bins, which crushes a heavy-tailed ESD into one
   bin, so the histogram is of log10 λ; ``add_histogram`` does not drop NaN/Inf itself.
-- Figures arrive already drawn (RGB arrays from the worker thread, see :func:`draw_figures`):
-  writing them here costs a PNG encode, not a matplotlib render.
+- Figures arrive already drawn and PNG-encoded (from the worker thread, see
+  :func:`draw_figures`): writing them here costs neither a render nor an encode.
 """
 
 from __future__ import annotations
@@ -28,10 +28,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from tensorboard.compat.proto.summary_pb2 import Summary
 
 from spectral_monitor.analysis.history import SpectralHistory
 from spectral_monitor.analysis.report import SpectralReport
-from spectral_monitor.sinks.plots import figure_to_array, plot_alpha_heatmap, plot_esd
+from spectral_monitor.sinks.plots import (
+    figure_to_array,
+    plot_esd,
+    render_alpha_heatmap,
+    render_alpha_trajectories,
+)
+from spectral_monitor.sinks.png import with_png
 from spectral_monitor.weights.module_types import alpha_by_type
 
 __all__ = [
@@ -190,10 +197,13 @@ def draw_figures(
 
     Args:
         report: draw its ESD with the fit per layer (``esd_fit/<layer>``), or None for none.
-        history: draw its heatmap of alpha (``alpha_heatmap``), or None for none.
+        history: draw its heatmap of alpha (``alpha_heatmap``) and alpha per layer over the
+            steps (``alpha_trajectories``), or None for neither. These two are drawn without a
+            matplotlib Figure (milliseconds; the GIL is held that long, not 0.5 s).
 
     Returns:
-        ``{name: (H, W, 3) uint8}``; names are relative to the prefix.
+        ``{name: (H, W, 3) uint8}``, each an :class:`EncodedImage` that carries its PNG;
+        names are relative to the prefix.
     """
     images: dict[str, np.ndarray] = {}
     if report is not None:
@@ -205,12 +215,22 @@ def draw_figures(
     if history is not None and len(history):
         layers, steps, alpha = history.alpha_matrix()
         if layers:
-            title = f"alpha by layer, steps {steps[0]}..{steps[-1]}"
-            unreliable = history.layer_matrix("reliable")[2] == 0.0  # NaN (unknown) is not
-            images["alpha_heatmap"] = figure_to_array(
-                plot_alpha_heatmap(layers, steps, alpha, unreliable, title=title)
+            span = f"steps {steps[0]}..{steps[-1]}"
+            reliable = history.layer_matrix("reliable")[2]
+            unreliable = reliable == 0.0  # NaN (not known: an old history) is not
+            images["alpha_heatmap"] = render_alpha_heatmap(
+                layers, steps, alpha, unreliable, title=f"alpha by layer, {span}"
             )
-    return images
+            images["alpha_trajectories"] = render_alpha_trajectories(
+                layers,
+                steps,
+                alpha,
+                ~unreliable,
+                history.aggregates["alpha_mean"],
+                title=f"alpha per layer, {span}",
+            )
+    # Encoded here, on the drawing thread: the sink then writes bytes on the training thread.
+    return {name: with_png(image) for name, image in images.items()}
 
 
 class TensorBoardSink:
@@ -270,9 +290,21 @@ class TensorBoardSink:
             self.writer.add_text(f"{self.prefix}/verdicts", verdict_table(report), step)
 
     def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
-        """Figures drawn by :func:`draw_figures`, as ``<prefix>/<name>`` at ``step``."""
+        """Figures drawn by :func:`draw_figures`, as ``<prefix>/<name>`` at ``step``. A picture
+        that arrives PNG-encoded (:class:`EncodedImage`, encoded on the worker thread) is
+        written as it is; ``add_image`` would encode it again, here, on the training thread."""
+        file_writer = getattr(self.writer, "_get_file_writer", None)
         for name, image in images.items():
-            self.writer.add_image(f"{self.prefix}/{name}", image, step, dataformats="HWC")
+            tag = f"{self.prefix}/{name}"
+            png = getattr(image, "png", None)
+            if png is None or not callable(file_writer):
+                self.writer.add_image(tag, np.asarray(image), step, dataformats="HWC")
+                continue
+            height, width = image.shape[:2]
+            picture = Summary.Image(
+                height=height, width=width, colorspace=3, encoded_image_string=png
+            )
+            file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=picture)]), step)
 
     def write_text(self, name: str, text: str, step: int) -> None:
         """A text entry ``<prefix>/<name>`` (e.g. ``stop_reason``)."""
