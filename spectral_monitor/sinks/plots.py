@@ -316,14 +316,18 @@ def render_alpha_heatmap(
     row_every = max(1, int(np.ceil((label_size + 2) / cell_h)))  # labels must not touch
     label_w = max((text_size(name, label_size)[0] for name in layers), default=0)
     left = 12 + label_w + 6
-    top = 34
+    top = 46  # the title, then the colour bar's label above the bar
     grid_w, grid_h = cell_w * n_steps, cell_h * n_layers
     bar_h = max(grid_h, 160)
     bar_x = left + grid_w + 16
-    width = bar_x + 18 + 60
-    height = top + max(grid_h, bar_h) + 48
+    caption = "step  (grey hatched: skipped or unreliable fit)"
+    caption_w = text_size(caption, 11)[0]
+    # Under the cells when it fits left of the colour bar, else under the colour bar.
+    caption_y = top + grid_h + 30 if left + caption_w < bar_x - 8 else top + bar_h + 14
+    width = max(bar_x + 18 + 60, left + caption_w + 12, left + text_size(title, 13, True)[0] + 12)
+    height = max(top + max(grid_h, bar_h) + 20, caption_y + 28)
     canvas = Canvas(width, height)
-    canvas.text(left, 16, title, size=13, bold=True)
+    canvas.text(left, 14, title, size=13, bold=True)
 
     # The cells: colours looked up in RdBu for every cell, then blown up to pixels.
     lut = (colormaps["RdBu"](np.linspace(0.0, 1.0, 256))[:, :3] * 255 + 0.5).astype(np.uint8)
@@ -347,8 +351,7 @@ def render_alpha_heatmap(
         canvas.fill(x, top + grid_h + 1, x + 1, top + grid_h + 5, _AXIS)
         canvas.text(x, top + grid_h + 7, str(steps[j]), color=_AXIS, size=10, align="center",
                     valign="top")  # fmt: skip
-    canvas.text(left, top + grid_h + 30, "step  (grey hatched: skipped or unreliable fit)",
-                color=_AXIS, size=11, valign="top")  # fmt: skip
+    canvas.text(left, caption_y, caption, color=_AXIS, size=11, valign="top")
 
     # Colour bar: top is vmax; 2 (black) and 6 (purple) marked across it.
     positions = 1.0 - (np.arange(bar_h) + 0.5) / bar_h  # 0..1 bottom to top, per pixel row

@@ -21,10 +21,12 @@ Facts this module respects:
 from __future__ import annotations
 
 import math
+import os
 import re
+import shlex
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -47,6 +49,7 @@ __all__ = [
     "custom_scalar_layout",
     "draw_figures",
     "register_layout",
+    "tensorboard_hint",
     "verdict_table",
 ]
 
@@ -58,12 +61,14 @@ _LAYOUTS_LOCK = threading.Lock()
 @dataclass(frozen=True)
 class LayoutEntry:
     """What one prefix's charts need: the stop threshold (None: no stop rule), whether
-    ``<prefix>/alpha_by_type/`` curves exist (an empty chart would only puzzle), and the layer
-    names (one interval chart each)."""
+    ``<prefix>/alpha_by_type/`` curves exist (an empty chart would only puzzle), the layer
+    names (one interval chart each), and the layers whose latest fit is not to be trusted
+    (their interval chart's title says so: the chart itself looks like any other)."""
 
     stop_threshold: float | None = None
     by_type: bool = False
     layers: tuple[str, ...] = ()
+    untrusted: tuple[str, ...] = ()
 
 
 def custom_scalar_layout(
@@ -110,7 +115,7 @@ def custom_scalar_layout(
             # take exact tags, not regexes, so they are listed by layer, in their own category.
             layout[f"{prefix} — alpha with its interval"] = _shown_in_order(
                 {
-                    f"alpha — {name}": [
+                    _interval_title(name, name in entry.untrusted): [
                         "Margin",
                         [f"{prefix}/{key}/{name}" for key in ("alpha", "alpha_lo", "alpha_hi")],
                     ]
@@ -118,6 +123,12 @@ def custom_scalar_layout(
                 }
             )
     return layout
+
+
+def _interval_title(layer: str, untrusted: bool) -> str:
+    """The title of a layer's interval chart; ``untrusted``: its latest fit is unreliable or
+    the layer was skipped (the verdict table says why)."""
+    return f"alpha — {layer}" + (" (latest fit unreliable: see verdicts)" if untrusted else "")
 
 
 def _shown_in_order(margin_charts: dict[str, list[Any]]) -> dict[str, list[Any]]:
@@ -150,6 +161,21 @@ def register_layout(writer: Any, prefix: str, entry: LayoutEntry) -> None:
             return  # this very layout is already the last one written there
         prefixes[prefix] = entry
         writer.add_custom_scalars(custom_scalar_layout(dict(prefixes)))
+
+
+def tensorboard_hint(log_dir: str | os.PathLike[str]) -> str:
+    """How to look at a run: the full ``tensorboard`` command and the page to open.
+
+    ``--samples_per_plugin images=100``: TensorBoard otherwise keeps 10 images per tag, a random
+    sample, so the latest heatmap or trajectories picture may not be there. The Custom Scalars
+    page is opened with smoothing 0: TensorBoard's default (0.6) drags a curve of a dozen
+    analyses behind its points."""
+    return (
+        f"tensorboard --logdir {shlex.quote(str(log_dir))} --samples_per_plugin images=100\n"
+        "then open http://localhost:6006/#custom_scalars&_smoothingWeight=0 (smoothing off; "
+        'untick "Ignore outliers in chart scaling"), and the Images tab for '
+        "alpha_trajectories and alpha_heatmap"
+    )
 
 
 def _fmt(value: float, spec: str) -> str:
@@ -268,12 +294,18 @@ class TensorBoardSink:
         """The scalars (if this sink writes them), histograms of log10 λ per layer, and the
         verdict table, at ``step``; the layout with the first report (which tells whether there
         are module types)."""
+        untrusted = tuple(la.name for la in report.layers if not la.reliable)
         if self._layout is None:
             # From the layer names, not the scalars: a type's mean exists only once its layers'
             # fits are reliable, but its chart belongs in the layout from the start.
             names = [la.name for la in report.layers]
             by_type = bool(alpha_by_type(names, [0.0] * len(names)))
-            self._layout = LayoutEntry(self.stop_threshold, by_type, tuple(names))
+            self._layout = LayoutEntry(self.stop_threshold, by_type, tuple(names), untrusted)
+            register_layout(self.writer, self.prefix, self._layout)
+        elif untrusted != self._layout.untrusted:
+            # Which layers' latest fits are unreliable changed: the interval charts' titles
+            # say it (TensorBoard shows the last layout written).
+            self._layout = replace(self._layout, untrusted=untrusted)
             register_layout(self.writer, self.prefix, self._layout)
         if self.scalars:
             for tag, value in scalars.items():
