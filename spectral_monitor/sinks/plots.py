@@ -212,6 +212,7 @@ _OVER_COLOR = "#c44e52"
 _UNDER_COLOR = "#8172b2"
 _HIDDEN = "#d9d9d9"
 _HATCH = "#a6a6a6"
+_NICE = [1, 2, 2.5, 5, 10]  # tick spacings (times a power of ten) that read as round
 
 
 def layer_colours(count: int) -> list[tuple[float, float, float]]:
@@ -432,9 +433,13 @@ def render_alpha_trajectories(
     x_pad = 0.02 * (x_hi - x_lo)
     x_lo, x_hi = x_lo - x_pad, x_hi + x_pad
 
-    y_ticks = [t for t in MaxNLocator(nbins=7).tick_values(y_lo, y_hi) if y_lo <= t <= y_hi]
+    y_ticks = [
+        t for t in MaxNLocator(nbins=7, steps=_NICE).tick_values(y_lo, y_hi) if y_lo <= t <= y_hi
+    ]
     x_ticks = [
-        t for t in MaxNLocator(nbins=8, integer=True).tick_values(x_lo, x_hi) if x_lo <= t <= x_hi
+        t
+        for t in MaxNLocator(nbins=8, steps=_NICE, integer=True).tick_values(x_lo, x_hi)
+        if x_lo <= t <= x_hi
     ]
     tick_w = max((text_size(_tick_label(float(t)), 10)[0] for t in y_ticks), default=0)
     left, top, plot_w, plot_h = 30 + tick_w + 8, 40, 640, 320
@@ -457,7 +462,7 @@ def render_alpha_trajectories(
     entry_w = max(text_size(name, 11, bold)[0] for name, _, bold in entries) + 34
     legend_x = left + plot_w + 18
     width = legend_x + columns * entry_w + 10
-    height = top + max(plot_h, per_column * row_h + 2 * row_h + 6) + 50
+    height = top + max(plot_h, per_column * row_h + 4 * row_h + 6) + 50
     canvas = Canvas(width, height)
     canvas.text(left, 18, title, size=13, bold=True)
 
@@ -482,13 +487,12 @@ def render_alpha_trajectories(
                 align="center", valign="top")  # fmt: skip
     canvas.text(10, top + plot_h / 2, "alpha", color=_AXIS, size=11, align="left",
                 vertical=True)  # fmt: skip
-    guides = ((OVER_TRAINED_BELOW, _OVER_COLOR, "2: over-trained below"),
-              (UNDER_TRAINED_ABOVE, _UNDER_COLOR, "6: under-trained above"))  # fmt: skip
-    for level, color, label in guides:
+    guides = ((OVER_TRAINED_BELOW, _OVER_COLOR, "alpha = 2: over-trained below"),
+              (UNDER_TRAINED_ABOVE, _UNDER_COLOR, "alpha = 6: under-trained above"))  # fmt: skip
+    for level, color, _ in guides:
         if y_lo < level < y_hi:
             y = float(py(level))
             canvas.polyline([left, left + plot_w], [y, y], color, 1.2, dashes=(2.0, 3.0))
-            canvas.text(left + plot_w - 4, y - 8, label, color=color, size=10, align="right")
 
     # Curves: every layer's line first, then the dots over them, then alpha_mean on top.
     for i in range(n_layers):
@@ -515,4 +519,10 @@ def render_alpha_trajectories(
     w, _ = canvas.text(legend_x + 14, y, "reliable fit", color=_AXIS, size=10)
     canvas.markers([legend_x + 30 + w], [y], _AXIS, 3.2, fill="white")
     canvas.text(legend_x + 38 + w, y, "unreliable", color=_AXIS, size=10)
+    # The guides' meaning here, not on the chart, where curves run along them.
+    for level, color, label in guides:
+        if y_lo < level < y_hi:
+            y += row_h
+            canvas.polyline([legend_x, legend_x + 22], [y, y], color, 1.2, dashes=(2.0, 3.0))
+            canvas.text(legend_x + 28, y, label, color=color, size=10)
     return canvas.to_array()
