@@ -173,7 +173,7 @@ def test_interval_chart_titles_say_which_latest_fits_are_unreliable(tmp_path) ->
         category = next(c for c in _layout(read_events(tmp_path)).category if " — " in c.title)
         titles.append(sorted(c.title for c in category.chart))
     writer.close()
-    unreliable = " (latest fit unreliable: see verdicts)"
+    unreliable = " (latest fit unreliable)"
     assert titles[0] == titles[1] == [f"alpha — 0{unreliable}", f"alpha — 1{unreliable}"]
     assert titles[2] == ["alpha — 0", "alpha — 1"]
     assert len(read_events(tmp_path).Tensors("custom_scalars__config__")) == 2

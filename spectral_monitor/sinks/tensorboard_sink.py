@@ -128,7 +128,7 @@ def custom_scalar_layout(
 def _interval_title(layer: str, untrusted: bool) -> str:
     """The title of a layer's interval chart; ``untrusted``: its latest fit is unreliable or
     the layer was skipped (the verdict table says why)."""
-    return f"alpha — {layer}" + (" (latest fit unreliable: see verdicts)" if untrusted else "")
+    return f"alpha — {layer}" + (" (latest fit unreliable)" if untrusted else "")
 
 
 def _shown_in_order(margin_charts: dict[str, list[Any]]) -> dict[str, list[Any]]:
