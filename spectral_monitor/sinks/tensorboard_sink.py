@@ -325,11 +325,17 @@ class TensorBoardSink:
         """Figures drawn by :func:`draw_figures`, as ``<prefix>/<name>`` at ``step``. A picture
         that arrives PNG-encoded (:class:`EncodedImage`, encoded on the worker thread) is
         written as it is; ``add_image`` would encode it again, here, on the training thread."""
-        file_writer = getattr(self.writer, "_get_file_writer", None)
+        from torch.utils.tensorboard import SummaryWriter
+
+        # Bytes go straight to torch's writer, whose event protos are tensorboard's own (a
+        # tensorboardX writer has protos of its own: it gets arrays through add_image).
+        file_writer = (
+            self.writer._get_file_writer if isinstance(self.writer, SummaryWriter) else None
+        )
         for name, image in images.items():
             tag = f"{self.prefix}/{name}"
             png = getattr(image, "png", None)
-            if png is None or not callable(file_writer):
+            if png is None or file_writer is None:
                 self.writer.add_image(tag, np.asarray(image), step, dataformats="HWC")
                 continue
             height, width = image.shape[:2]
