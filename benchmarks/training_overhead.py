@@ -9,13 +9,17 @@ overhead ratio monitored / baseline.
     python benchmarks/training_overhead.py --steps 600 --repeat 5 --every 50 100
     python benchmarks/training_overhead.py --device cuda --steps 2000 --every 100
     python benchmarks/training_overhead.py --figures --repeat 5    # cost of drawing the heatmap
+    python benchmarks/training_overhead.py --figures --every 100 25 --repeat 5
 
 ``--figures`` compares, all with a TensorBoard logger (the monitor draws figures only when one
-is attached): no monitor; the monitor drawing the alpha heatmap at the first analysis and at the
-end only (``histogram_every`` huge); every analysis (``histogram_every=1``, the default); and the
-heatmap plus an ESD figure per layer every analysis (``log_figures_every=1``). Drawing runs on a
-worker thread, but matplotlib holds the GIL while it draws, so it can still slow the steps that
-overlap it: the mean step time and p99 show that where the median may not.
+is attached): no monitor; then for each ``--every`` the monitor drawing the pictures (alpha
+heatmap and alpha trajectories) at the first analysis and at the end only (``histogram_every``
+huge) and at every analysis (``histogram_every=1``, the default); and, at the first ``--every``,
+those plus an ESD figure per layer every analysis (``log_figures_every=1``). Drawing runs on a
+worker thread, but Python code holds the GIL while it draws, so it can still slow the steps that
+overlap it: the mean step time and p99 show that where the median may not. Below the table, the
+cost of the pictures: per repeat, (fit with pictures every analysis - fit with first+last only)
+/ fit without monitor, all three from the same repeat; the median over repeats and the range.
 
 Target: under 5% on this 2-core CPU at every_n_steps=50 for the small CNN; under 1% on a GPU at
 every_n_steps=100.
@@ -26,6 +30,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,23 +77,95 @@ class Arm:
     options: dict[str, Any] = field(default_factory=dict)
 
 
-def arms(every: list[int], figures: bool) -> list[Arm]:
+def arms(every: list[int], figures: bool, esd: bool = True) -> list[Arm]:
     """The default comparison (no logger: the monitor's analysis alone), or with ``figures``
-    the cost of drawing figures at the first ``every``."""
+    the cost of drawing the pictures at each ``every`` (and with ``esd`` of ESD figures too, at
+    the first)."""
     if not figures:
         return [Arm("off", None), *(Arm(f"every_n_steps={e}", e) for e in every)]
-    e = every[0]
-    return [
-        Arm("no monitor (TB logger)", None, True),
-        Arm(f"every_n_steps={e}, heatmap first+last only", e, True, {"histogram_every": 10**9}),
-        Arm(f"every_n_steps={e}, heatmap every analysis", e, True, {"histogram_every": 1}),
-        Arm(
-            f"every_n_steps={e}, heatmap + ESD figures every analysis",
-            e,
-            True,
-            {"histogram_every": 1, "log_figures_every": 1},
-        ),
-    ]
+    out = [Arm("no monitor (TB logger)", None, True)]
+    for e in every:
+        out += [
+            Arm(f"every_n_steps={e}, {_FEW}", e, True, {"histogram_every": 10**9}),
+            Arm(f"every_n_steps={e}, {_ALL}", e, True, {"histogram_every": 1}),
+        ]
+    if esd:
+        e = every[0]
+        out.append(
+            Arm(
+                f"every_n_steps={e}, pictures + ESD figures every analysis",
+                e,
+                True,
+                {"histogram_every": 1, "log_figures_every": 1},
+            )
+        )
+    return out
+
+
+_FEW = "pictures first+last only"
+_ALL = "pictures every analysis"
+
+
+def picture_costs(
+    every: list[int], results: dict[str, list[dict[str, float]]], base: str
+) -> list[str]:
+    """Per ``every``: the pictures' cost as a share of the fit without monitor, paired within
+    each repeat (machine load drifts between repeats, less within one)."""
+    lines = []
+    for e in every:
+        few, all_ = results[f"every_n_steps={e}, {_FEW}"], results[f"every_n_steps={e}, {_ALL}"]
+        shares = [
+            (a["total"] - f["total"]) / b["total"]
+            for a, f, b in zip(all_, few, results[base], strict=True)
+        ]
+        lines.append(
+            f"pictures every analysis at every_n_steps={e}: "
+            f"{100 * statistics.median(shares):+.2f}% of fit time (median of {len(shares)} "
+            f"repeats; range {100 * min(shares):+.2f}% .. {100 * max(shares):+.2f}%)"
+        )
+    return lines
+
+
+def drawing_times(
+    steps: int, device: str, every: int, batch_size: int, repeat: int
+) -> tuple[float, float, int, int]:
+    """Milliseconds to draw the pictures of a whole run's history (``draw_figures``: heatmap
+    and trajectories, PNG-encoded) and, for comparison, the same two as matplotlib figures
+    (``plot_alpha_heatmap``/``plot_alpha_trajectories``, rendered to arrays); medians of
+    ``repeat`` interleaved calls on the history of one fit at ``every``. Also returns the
+    number of analyses and of layers."""
+    from spectral_monitor.sinks.plots import (
+        figure_to_array,
+        plot_alpha_heatmap,
+        plot_alpha_trajectories,
+    )
+    from spectral_monitor.sinks.tensorboard_sink import draw_figures
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(
+        torch.randn(batch_size * 64, 1, 28, 28, generator=g),
+        torch.randint(0, 10, (batch_size * 64,), generator=g),
+    )
+    loader = DataLoader(data, batch_size=batch_size, shuffle=True, generator=g)
+    history = timed_fit(SmallCNN(), loader, steps, device, every).monitor.history
+    layers, at, alpha = history.alpha_matrix()
+    unreliable = history.layer_matrix("reliable")[2] == 0.0
+    curves = {name: history.alpha(name) for name in layers}
+
+    def figures() -> None:
+        figure_to_array(plot_alpha_heatmap(layers, at, alpha, unreliable))
+        figure_to_array(plot_alpha_trajectories(curves))
+
+    fast, slow = [], []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        draw_figures(None, history)
+        fast.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        figures()
+        slow.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(fast), 1e3 * statistics.median(slow), len(at), len(layers)
 
 
 def run_once(steps: int, device: str, arm: Arm, batch_size: int) -> dict[str, float]:
@@ -131,6 +208,9 @@ def main() -> None:
     parser.add_argument(
         "--figures", action="store_true", help="measure drawing the heatmap and ESD figures"
     )
+    parser.add_argument(
+        "--skip-esd", action="store_true", help="with --figures: leave out the ESD-figures arm"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -139,7 +219,7 @@ def main() -> None:
     )
     print(f"device: {name}; steps: {args.steps}; batch: {args.batch_size}; repeats: {args.repeat}")
     run_once(20, args.device, Arm("warm-up", None), args.batch_size)  # kernels, imports
-    configs = arms(args.every, args.figures)
+    configs = arms(args.every, args.figures, esd=not args.skip_esd)
     results: dict[str, list[dict[str, float]]] = {a.label: [] for a in configs}
     for _ in range(args.repeat):  # interleaved, so drifts in machine load hit every config
         for arm in configs:
@@ -170,6 +250,18 @@ def main() -> None:
             f"{med(arm, 'analyses'):.0f} | {med(arm, 'skipped'):.0f} |"
         )
     print(f"\nbaseline median step {1e3 * base_step:.2f} ms")
+    if args.figures:
+        print("\n".join(["", *picture_costs(args.every, results, base.label)]))
+        for e in args.every:
+            fast, slow, draws, layers = drawing_times(
+                args.steps, args.device, e, args.batch_size, 5 * args.repeat
+            )
+            print(
+                f"drawing at every_n_steps={e} ({draws} analyses, {layers} layers): "
+                f"{fast:.1f} ms per analysis (matplotlib figures: {slow:.1f} ms, "
+                f"{slow / fast:.0f}x); x {draws} analyses = "
+                f"{100 * draws * fast / 1e3 / base_total:.2f}% of the fit without monitor"
+            )
 
 
 if __name__ == "__main__":

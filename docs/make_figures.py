@@ -4,11 +4,13 @@
 
 Writes docs/over_regularization.png: left, alpha per layer and the mean over training, with the
 2 and 6 guides; right, the last ESD of the middle layer on log-log axes with its power-law fit.
-Writes docs/alpha_heatmap.png, the last heatmap the monitor logs as ``spectral/alpha_heatmap``.
+Writes docs/alpha_heatmap.png and docs/alpha_trajectories.png, the last pictures the monitor
+logs as ``spectral/alpha_heatmap`` and ``spectral/alpha_trajectories`` (the same PNG bytes).
 When Debian's ``chromium`` is installed (it is for these docs only; no test needs it), also
-docs/tensorboard_custom_scalars.png: a real ``tensorboard`` server on 127.0.0.1 over the same run,
-its Custom Scalars tab (every category open, smoothing 0, outliers not ignored) captured by
-headless Chromium driven over the DevTools protocol (a pipe; no extra package).
+docs/tensorboard_custom_scalars.png and docs/tensorboard_images.png: a real ``tensorboard``
+server on 127.0.0.1 over the same run, its Custom Scalars tab (every category open, smoothing 0,
+outliers not ignored) and its Images tab, captured by headless Chromium driven over the DevTools
+protocol (a pipe; no extra package).
 """
 
 from __future__ import annotations
@@ -46,10 +48,14 @@ def main() -> Path:
     with tempfile.TemporaryDirectory() as logdir:
         monitor = demo.main(["--logdir", logdir])
         screenshot_tensorboard(Path(logdir), HERE / "tensorboard_custom_scalars.png")
+        images_tab = HERE / "tensorboard_images.png"
+        screenshot_tensorboard(Path(logdir), images_tab, size=(1500, 1250), page="images")
     history = monitor.history
-    # The very picture the monitor logs (same drawing, unreliable fits hatched).
-    mpimg.imsave(HERE / "alpha_heatmap.png", draw_figures(None, history)["alpha_heatmap"])
-    print(f"wrote {HERE / 'alpha_heatmap.png'}")
+    # The very pictures the monitor logs (same drawing, unreliable fits hatched or hollow).
+    pictures = draw_figures(None, history)
+    for name in ("alpha_heatmap", "alpha_trajectories"):
+        (HERE / f"{name}.png").write_bytes(pictures[name].png)
+        print(f"wrote {HERE / name}.png")
     curves = {name: history.alpha(name) for name in history.layers}
     curves["alpha_mean"] = (history.steps, history.aggregates["alpha_mean"])
     left = plot_alpha_trajectories(curves, title="alpha over training (random labels, lr 0.2)")
@@ -167,10 +173,16 @@ def _wait_for(condition: Any, seconds: float, what: str, poll: float = 0.5) -> N
 
 
 def screenshot_tensorboard(
-    logdir: Path, out: Path, seconds: float = 90.0, size: tuple[int, int] = (1500, 1300)
+    logdir: Path,
+    out: Path,
+    seconds: float = 90.0,
+    size: tuple[int, int] = (1500, 1300),
+    page: str = "custom_scalars",
 ) -> Path | None:
     """Serve ``logdir`` with ``tensorboard`` on a free loopback port and capture its Custom
-    Scalars tab with headless Chromium; None (nothing written) when chromium is not installed.
+    Scalars tab (``page="custom_scalars"``) or its Images tab (``page="images"``, once every
+    image tag's picture has loaded) with headless Chromium; None (nothing written) when
+    chromium is not installed.
 
     Smoothing 0 (in the URL) and "Ignore outliers in chart scaling" off (TensorBoard keeps it in
     the browser's localStorage; on, it clips the first analyses, where alpha is largest). Every
@@ -205,15 +217,32 @@ def screenshot_tensorboard(
             return "alpha_hat" in json.dumps(layout)
 
         _wait_for(layout_served, seconds, "tensorboard to serve the layout")
-        expected = sum(len(c["chart"]) for c in layout["category"])
+        if page == "images":
+            with urllib.request.urlopen(f"{base}/data/plugin/images/tags") as r:
+                expected = sum(len(tags) for tags in json.load(r).values())
+        else:
+            expected = sum(len(c["chart"]) for c in layout["category"])
         chrome = HeadlessChromium(browser, *size)
-        url = f"{base}/#custom_scalars&_smoothingWeight=0"
+        url = f"{base}/#{page}&_smoothingWeight=0"
         chrome.call("Page.navigate", url=url)
         _wait_for(lambda: chrome.evaluate("document.readyState") == "complete", seconds, "page")
         chrome.evaluate("localStorage.setItem('_ignoreYOutliers', 'false')")
         chrome.call("Page.reload", ignoreCache=True)
+        if page == "images":
+            # Tick "Show actual image size": the cards otherwise shrink each picture to ~290 px.
+            boxes = f"({_DEEP_QUERY})('paper-checkbox')"
+            _wait_for(lambda: chrome.evaluate(f"{boxes}.length") > 0, seconds, "the checkbox")
+            chrome.evaluate(
+                f"{boxes}.filter((e) => e.textContent.includes('actual image size'))"
+                ".forEach((e) => { if (!e.checked) e.click(); })"
+            )
+            loaded = f"({_DEEP_QUERY})('img').filter((e) => e.complete && e.naturalWidth > 0)"
+            _wait_for(lambda: chrome.evaluate(f"{loaded}.length") >= expected, seconds, "images")
         cards = f"({_DEEP_QUERY})({json.dumps(_CARDS)})"
-        _wait_for(lambda: chrome.evaluate(f"{cards}.length") == expected, seconds, "chart cards")
+        if page == "custom_scalars":
+            _wait_for(
+                lambda: chrome.evaluate(f"{cards}.length") == expected, seconds, "chart cards"
+            )
         requests = "performance.getEntriesByType('resource').length"
         seen = [-1]
 
@@ -224,8 +253,8 @@ def screenshot_tensorboard(
             return unchanged
 
         _wait_for(settled, seconds, "the charts' data", poll=2.0)
-        shown = chrome.evaluate(f"{cards}.map((e) => e.title)")
-        for category in layout["category"]:
+        shown = chrome.evaluate(f"{cards}.map((e) => e.title)") or []
+        for category in layout["category"] if page == "custom_scalars" else []:
             if category["title"].endswith("alpha with its interval"):
                 listed = [c["title"] for c in category["chart"]]
                 order = [t for t in shown if t in listed]

@@ -13,6 +13,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from spectral_monitor import SpectralMonitor
 from spectral_monitor.demo import CharTransformer, StdlibTextDataModule
+from spectral_monitor.sinks.tensorboard_sink import tensorboard_hint
 
 
 def main(argv: list[str] | None = None) -> SpectralMonitor:
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> SpectralMonitor:
     if monitor.latest is not None:
         print(f"\nspectral analysis at step {monitor.latest.step}:")
         print(monitor.latest.format_table())
-    print(f"\nTensorBoard: tensorboard --logdir {args.logdir}")
+    print(f"\nTensorBoard: {tensorboard_hint(args.logdir)}")
     return monitor
 
 

@@ -17,6 +17,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from spectral_monitor import SpectralMonitor
 from spectral_monitor.demo import DigitsDataModule, FashionMNISTDataModule, ImageClassifier
+from spectral_monitor.sinks.tensorboard_sink import tensorboard_hint
 
 
 def main(argv: list[str] | None = None) -> SpectralMonitor:
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> SpectralMonitor:
     if monitor.latest is not None:
         print(f"\nspectral analysis at step {monitor.latest.step}:")
         print(monitor.latest.format_table())
-    print(f"\nTensorBoard: tensorboard --logdir {args.logdir}")
+    print(f"\nTensorBoard: {tensorboard_hint(args.logdir)}")
     print(f"event files in {logger.log_dir}")
     return monitor
 

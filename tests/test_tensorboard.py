@@ -154,6 +154,31 @@ def test_interval_charts_are_listed_for_the_tab_to_show_them_in_model_order() ->
     ]
 
 
+def test_interval_chart_titles_say_which_latest_fits_are_unreliable(tmp_path) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    from spectral_monitor.sinks.tensorboard_sink import TensorBoardSink
+
+    model = nn.Sequential(nn.Linear(16, 16), nn.Linear(32, 32))
+    writer = SummaryWriter(str(tmp_path))
+    sink = TensorBoardSink(writer)
+    titles = []
+    # Default thresholds: both layers' fits are unreliable (too few eigenvalues); TRUST_TINY:
+    # both reliable. The layout is rewritten when that changes, and only then.
+    for step, options in enumerate([{}, {}, TRUST_TINY]):
+        report = analyze(model, **options)
+        report.step = step
+        sink.write_report(report, step, {})
+        writer.flush()
+        category = next(c for c in _layout(read_events(tmp_path)).category if " — " in c.title)
+        titles.append(sorted(c.title for c in category.chart))
+    writer.close()
+    unreliable = " (latest fit unreliable)"
+    assert titles[0] == titles[1] == [f"alpha — 0{unreliable}", f"alpha — 1{unreliable}"]
+    assert titles[2] == ["alpha — 0", "alpha — 1"]
+    assert len(read_events(tmp_path).Tensors("custom_scalars__config__")) == 2
+
+
 # --- event files -----------------------------------------------------------------------------
 
 
@@ -221,6 +246,12 @@ def test_event_files_hold_tags_layout_and_pictures(two_monitor_run) -> None:
         assert [e.step for e in heatmaps] == steps
         picture = Image.open(io.BytesIO(heatmaps[-1].encoded_image_string))
         assert picture.width > 200 and picture.height > 100
+        # The trajectories go with the heatmap, and both decode to the size the event says.
+        trajectories = events.Images(f"{prefix}/alpha_trajectories")
+        assert [e.step for e in trajectories] == steps
+        for entry in (heatmaps[-1], trajectories[-1]):
+            decoded = Image.open(io.BytesIO(entry.encoded_image_string))
+            assert decoded.size == (entry.width, entry.height) and decoded.mode == "RGB"
 
 
 def test_verdict_table_columns(two_monitor_run) -> None:
@@ -294,6 +325,7 @@ def test_plain_loop_uses_the_same_sink(tmp_path) -> None:
     assert [c.title for c in _layout(events).category if " — " not in c.title] == ["spectral", "b"]
     assert "spectral_meta/analyses_skipped" in events.Tags()["scalars"]
     assert [e.step for e in events.Images("spectral/alpha_heatmap")] == [1, 5, 10]
+    assert [e.step for e in events.Images("spectral/alpha_trajectories")] == [1, 5, 10]
 
 
 def test_cli_history_plot_writes_the_heatmap(two_monitor_run, tmp_path) -> None:

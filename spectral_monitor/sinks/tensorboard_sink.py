@@ -14,24 +14,33 @@ Facts this module respects:
   layout of every prefix seen there (:func:`register_layout`).
 - TensorBoard re-bins histograms into 30 linear bins, which crushes a heavy-tailed ESD into one
   bin, so the histogram is of log10 λ; ``add_histogram`` does not drop NaN/Inf itself.
-- Figures arrive already drawn (RGB arrays from the worker thread, see :func:`draw_figures`):
-  writing them here costs a PNG encode, not a matplotlib render.
+- Figures arrive already drawn and PNG-encoded (from the worker thread, see
+  :func:`draw_figures`): writing them here costs neither a render nor an encode.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import re
+import shlex
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+from tensorboard.compat.proto.summary_pb2 import Summary
 
 from spectral_monitor.analysis.history import SpectralHistory
 from spectral_monitor.analysis.report import SpectralReport
-from spectral_monitor.sinks.plots import figure_to_array, plot_alpha_heatmap, plot_esd
+from spectral_monitor.sinks.plots import (
+    figure_to_array,
+    plot_esd,
+    render_alpha_heatmap,
+    render_alpha_trajectories,
+)
+from spectral_monitor.sinks.png import with_png
 from spectral_monitor.sinks.sink import Analysis
 from spectral_monitor.weights.module_types import alpha_by_type
 
@@ -41,6 +50,7 @@ __all__ = [
     "custom_scalar_layout",
     "draw_figures",
     "register_layout",
+    "tensorboard_hint",
     "verdict_table",
 ]
 
@@ -52,12 +62,14 @@ _LAYOUTS_LOCK = threading.Lock()
 @dataclass(frozen=True)
 class LayoutEntry:
     """What one prefix's charts need: the stop threshold (None: no stop rule), whether
-    ``<prefix>/alpha_by_type/`` curves exist (an empty chart would only puzzle), and the layer
-    names (one interval chart each)."""
+    ``<prefix>/alpha_by_type/`` curves exist (an empty chart would only puzzle), the layer
+    names (one interval chart each), and the layers whose latest fit is not to be trusted
+    (their interval chart's title says so: the chart itself looks like any other)."""
 
     stop_threshold: float | None = None
     by_type: bool = False
     layers: tuple[str, ...] = ()
+    untrusted: tuple[str, ...] = ()
 
 
 def custom_scalar_layout(
@@ -108,7 +120,7 @@ def custom_scalar_layout(
             # take exact tags, not regexes, so they are listed by layer, in their own category.
             layout[f"{prefix} — alpha with its interval"] = _shown_in_order(
                 {
-                    f"alpha — {name}": [
+                    _interval_title(name, name in entry.untrusted): [
                         "Margin",
                         [f"{prefix}/{key}/{name}" for key in ("alpha", "alpha_lo", "alpha_hi")],
                     ]
@@ -116,6 +128,12 @@ def custom_scalar_layout(
                 }
             )
     return layout
+
+
+def _interval_title(layer: str, untrusted: bool) -> str:
+    """The title of a layer's interval chart; ``untrusted``: its latest fit is unreliable or
+    the layer was skipped (the verdict table says why)."""
+    return f"alpha — {layer}" + (" (latest fit unreliable)" if untrusted else "")
 
 
 def _shown_in_order(margin_charts: dict[str, list[Any]]) -> dict[str, list[Any]]:
@@ -148,6 +166,21 @@ def register_layout(writer: Any, prefix: str, entry: LayoutEntry) -> None:
             return  # this very layout is already the last one written there
         prefixes[prefix] = entry
         writer.add_custom_scalars(custom_scalar_layout(dict(prefixes)))
+
+
+def tensorboard_hint(log_dir: str | os.PathLike[str]) -> str:
+    """How to look at a run: the full ``tensorboard`` command and the page to open.
+
+    ``--samples_per_plugin images=100``: TensorBoard otherwise keeps 10 images per tag, a random
+    sample, so the latest heatmap or trajectories picture may not be there. The Custom Scalars
+    page is opened with smoothing 0: TensorBoard's default (0.6) drags a curve of a dozen
+    analyses behind its points."""
+    return (
+        f"tensorboard --logdir {shlex.quote(str(log_dir))} --samples_per_plugin images=100\n"
+        "then open http://localhost:6006/#custom_scalars&_smoothingWeight=0 (smoothing off; "
+        'untick "Ignore outliers in chart scaling"), and the Images tab for '
+        "alpha_trajectories and alpha_heatmap"
+    )
 
 
 def _fmt(value: float, spec: str) -> str:
@@ -195,10 +228,13 @@ def draw_figures(
 
     Args:
         report: draw its ESD with the fit per layer (``esd_fit/<layer>``), or None for none.
-        history: draw its heatmap of alpha (``alpha_heatmap``), or None for none.
+        history: draw its heatmap of alpha (``alpha_heatmap``) and alpha per layer over the
+            steps (``alpha_trajectories``), or None for neither. These two are drawn without a
+            matplotlib Figure (milliseconds; the GIL is held that long, not 0.5 s).
 
     Returns:
-        ``{name: (H, W, 3) uint8}``; names are relative to the prefix.
+        ``{name: (H, W, 3) uint8}``, each an :class:`EncodedImage` that carries its PNG;
+        names are relative to the prefix.
     """
     images: dict[str, np.ndarray] = {}
     if report is not None:
@@ -210,12 +246,22 @@ def draw_figures(
     if history is not None and len(history):
         layers, steps, alpha = history.alpha_matrix()
         if layers:
-            title = f"alpha by layer, steps {steps[0]}..{steps[-1]}"
-            unreliable = history.layer_matrix("reliable")[2] == 0.0  # NaN (unknown) is not
-            images["alpha_heatmap"] = figure_to_array(
-                plot_alpha_heatmap(layers, steps, alpha, unreliable, title=title)
+            span = f"steps {steps[0]}..{steps[-1]}"
+            reliable = history.layer_matrix("reliable")[2]
+            unreliable = reliable == 0.0  # NaN (not known: an old history) is not
+            images["alpha_heatmap"] = render_alpha_heatmap(
+                layers, steps, alpha, unreliable, title=f"alpha by layer, {span}"
             )
-    return images
+            images["alpha_trajectories"] = render_alpha_trajectories(
+                layers,
+                steps,
+                alpha,
+                ~unreliable,
+                history.aggregates["alpha_mean"],
+                title=f"alpha per layer, {span}",
+            )
+    # Encoded here, on the drawing thread: the sink then writes bytes on the training thread.
+    return {name: with_png(image) for name, image in images.items()}
 
 
 class TensorBoardSink:
@@ -255,12 +301,18 @@ class TensorBoardSink:
         """The scalars (if this sink writes them), histograms of log10 λ per layer, and the
         verdict table, at ``step``; the layout with the first report (which tells whether there
         are module types)."""
+        untrusted = tuple(la.name for la in report.layers if not la.reliable)
         if self._layout is None:
             # From the layer names, not the scalars: a type's mean exists only once its layers'
             # fits are reliable, but its chart belongs in the layout from the start.
             names = [la.name for la in report.layers]
             by_type = bool(alpha_by_type(names, [0.0] * len(names)))
-            self._layout = LayoutEntry(self.stop_threshold, by_type, tuple(names))
+            self._layout = LayoutEntry(self.stop_threshold, by_type, tuple(names), untrusted)
+            register_layout(self.writer, self.prefix, self._layout)
+        elif untrusted != self._layout.untrusted:
+            # Which layers' latest fits are unreliable changed: the interval charts' titles
+            # say it (TensorBoard shows the last layout written).
+            self._layout = replace(self._layout, untrusted=untrusted)
             register_layout(self.writer, self.prefix, self._layout)
         if self.scalars:
             for tag, value in scalars.items():
@@ -284,9 +336,27 @@ class TensorBoardSink:
         )
 
     def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
-        """Figures drawn by :func:`draw_figures`, as ``<prefix>/<name>`` at ``step``."""
+        """Figures drawn by :func:`draw_figures`, as ``<prefix>/<name>`` at ``step``. A picture
+        that arrives PNG-encoded (:class:`EncodedImage`, encoded on the worker thread) is
+        written as it is; ``add_image`` would encode it again, here, on the training thread."""
+        from torch.utils.tensorboard import SummaryWriter
+
+        # Bytes go straight to torch's writer, whose event protos are tensorboard's own (a
+        # tensorboardX writer has protos of its own: it gets arrays through add_image).
+        file_writer = (
+            self.writer._get_file_writer if isinstance(self.writer, SummaryWriter) else None
+        )
         for name, image in images.items():
-            self.writer.add_image(f"{self.prefix}/{name}", image, step, dataformats="HWC")
+            tag = f"{self.prefix}/{name}"
+            png = getattr(image, "png", None)
+            if png is None or file_writer is None:
+                self.writer.add_image(tag, np.asarray(image), step, dataformats="HWC")
+                continue
+            height, width = image.shape[:2]
+            picture = Summary.Image(
+                height=height, width=width, colorspace=3, encoded_image_string=png
+            )
+            file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=picture)]), step)
 
     def write_text(self, name: str, text: str, step: int) -> None:
         """A text entry ``<prefix>/<name>`` (e.g. ``stop_reason``)."""
