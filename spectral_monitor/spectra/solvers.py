@@ -106,6 +106,8 @@ class _Lapack:
         self._functions: dict[torch.dtype, Any] | None = None
         self._error: str | None = None
         self._workspace: dict[tuple[torch.dtype, int], tuple[int, int]] = {}
+        self._set_threads: Any = None  # SciPy's OpenBLAS ``openblas_set_num_threads``, if found
+        self._threads = 0
 
     def _load(self) -> dict[torch.dtype, Any]:
         with self._lock:
@@ -132,7 +134,17 @@ class _Lapack:
         for dtype, routine in ((torch.float32, "ssyevd"), (torch.float64, "dsyevd")):
             capsule = cython_lapack.__pyx_capi__[routine]
             out[dtype] = prototype(get_pointer(capsule, get_name(capsule)))
+        self._set_threads = _openblas_thread_setter()
         return out
+
+    def _follow_torch_threads(self) -> None:
+        """Give SciPy's OpenBLAS the calling thread's torch thread count, so that this solver
+        uses as many cores as ``torch.linalg.eigvalsh`` would (``torch.set_num_threads`` does
+        not reach it). SciPy's OpenBLAS is its own copy: numpy's and torch's are untouched."""
+        threads = torch.get_num_threads()
+        if self._set_threads is not None and threads != self._threads:
+            self._set_threads(threads)
+            self._threads = threads
 
     def available(self) -> bool:
         try:
@@ -196,6 +208,7 @@ class _Lapack:
     def solve(self, gram: torch.Tensor) -> torch.Tensor:
         """Eigenvalues of each matrix of a contiguous CPU (count, n, n) stack, overwritten."""
         function = self._load()[gram.dtype]
+        self._follow_torch_threads()
         count, n, _ = gram.shape
         gram = gram.contiguous()
         lwork, liwork = self._workspace_sizes(function, gram.dtype, n)
@@ -220,9 +233,34 @@ class _Lapack:
         return out
 
 
+def _openblas_thread_setter() -> Any:
+    """SciPy's OpenBLAS ``set_num_threads`` (a ctypes function of one int), or None where it
+    cannot be found (not Linux, not an OpenBLAS build): the library is found among the loaded
+    ones in ``/proc/self/maps`` under ``scipy.libs``, the folder of SciPy's wheel libraries."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as maps:
+            paths = {line.split()[-1] for line in maps if "scipy.libs" in line}
+    except OSError:
+        return None
+    for path in sorted(p for p in paths if "openblas" in os.path.basename(p)):
+        try:
+            library = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for name in ("scipy_openblas_set_num_threads", "openblas_set_num_threads"):
+            if hasattr(library, name):
+                setter = getattr(library, name)
+                setter.argtypes = [ctypes.c_int]
+                setter.restype = None
+                return setter
+    return None
+
+
 _LAPACK = _Lapack()
 _REGISTRY: dict[str, Solver] = {}
 _CHOICES: dict[str, str] = {}
+# choose_solver's answers by (device type, dtype, band or n, forced name, threads).
+_FAST: dict[tuple[Any, ...], Solver] = {}
 _FORCED: str | None = None
 _LOCK = threading.RLock()
 _DISK_LOADED = False
@@ -234,6 +272,7 @@ def register_solver(solver: Solver) -> None:
     with _LOCK:
         _REGISTRY[solver.name] = solver
         _CHOICES.clear()
+        _FAST.clear()
 
 
 register_solver(
@@ -281,6 +320,7 @@ def clear_choices() -> None:
     global _DISK_LOADED
     with _LOCK:
         _CHOICES.clear()
+        _FAST.clear()
         _DISK_LOADED = False
 
 
@@ -392,8 +432,20 @@ def choose_solver(device: torch.device | str, dtype: torch.dtype, n: int) -> Sol
     else torch below ``_PROBE_MIN`` columns or where it is the only candidate, else the
     probe's winner for the size band (probed on first use, kept for the process)."""
     device = torch.device(device)
-    candidates = available_solvers(device)
     forced = _FORCED or os.environ.get(_ENV_FORCE) or None
+    # The worker asks once per solver call: answer a repeated question without the lookups.
+    fast_key = (device.type, dtype, n if n < _PROBE_MIN else _band(n)[0], forced)
+    threads = torch.get_num_threads()
+    known = _FAST.get((*fast_key, threads))
+    if known is not None:
+        return known
+    solver = _choose(device, dtype, n, forced)
+    _FAST[(*fast_key, threads)] = solver
+    return solver
+
+
+def _choose(device: torch.device, dtype: torch.dtype, n: int, forced: str | None) -> Solver:
+    candidates = available_solvers(device)
     for solver in candidates:
         if solver.name == forced:
             return solver
