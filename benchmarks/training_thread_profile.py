@@ -16,8 +16,12 @@ The set-up of ``training_overhead.py --model fast-mlp``: a 64->512->512->10 MLP,
    of the loop's time over the same loop alone is what the analysis cost it, per analysis, for
    Python's default switch interval (5 ms) and for 0.5 ms, interleaved.
 
+4. **Fit time.** ``trainer.fit`` without the monitor, with it at the default switch interval and
+   with it at 0.5 ms, interleaved; ratios to the run without the monitor of the same round.
+
 Protocol fixed before looking: one fit of 500 steps for (1); 10 analyses for (2); for (3) 7
-rounds per switch interval, alternating, each round 0.4 s of loop, median and range over rounds.
+rounds per switch interval, alternating, each round 0.4 s of loop, median and range over rounds;
+for (4) ``--rounds`` rounds of ``--steps`` steps.
 CPU times are reported beside wall times because on a shared machine wall time mostly measures
 the other processes.
 
@@ -40,7 +44,7 @@ from typing import Any
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, TensorDataset
-from training_overhead import FastMLP
+from training_overhead import Arm, FastMLP, run_once
 
 from spectral_monitor import SpectralMonitor
 from spectral_monitor.analysis.analyze import analyze_snapshot
@@ -216,11 +220,36 @@ def gil_waits(rounds: int) -> None:
         )
 
 
+def fits(rounds: int, steps: int, every: int) -> None:
+    """Fit time of the fast MLP without the monitor, with it at Python's default switch
+    interval, and with it at the worker's 0.5 ms: interleaved, ratios paired by round."""
+    arms = {"off": (None, None), "5 ms": (every, None), "0.5 ms": (every, 0.0005)}
+    totals: dict[str, list[float]] = {label: [] for label in arms}
+    run_once(20, "cpu", Arm("warm-up", 10), 64, "fast-mlp")
+    for _ in range(rounds):
+        for label, (arm_every, interval) in arms.items():
+            worker._SWITCH_INTERVAL = interval
+            totals[label].append(
+                run_once(steps, "cpu", Arm(label, arm_every), 64, "fast-mlp")["total"]
+            )
+    worker._SWITCH_INTERVAL = 0.0005
+    print(f"\n4. fit time, {steps} steps, every_n_steps={every}, no logger, {rounds} rounds")
+    print("| GIL switch interval during analyses | fit s (median) | ratio to off, median (range) |")
+    print("|---|---|---|")
+    for label, values in totals.items():
+        ratios = [v / o for v, o in zip(values, totals["off"], strict=True)]
+        print(
+            f"| {label if label != 'off' else 'no monitor'} | {statistics.median(values):.2f} | "
+            f"{statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f}) |"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--every", type=int, default=25)
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of section 4 (0: skip)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -229,6 +258,8 @@ def main() -> None:
     gil_waits(7)
     for interval in (None, 0.0005):  # Python's default, then the worker's setting
         hooks(args.steps, args.every, interval)
+    if args.rounds:
+        fits(args.rounds, args.steps, args.every)
 
 
 if __name__ == "__main__":

@@ -124,6 +124,7 @@ def test_forced_solver_and_validation(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match="solver must be one of"):
         solvers.set_solver("cusolver-magic")
     monkeypatch.setenv("SPECTRAL_MONITOR_SOLVER", "scipy-lapack")
+    solvers.clear_choices()  # the variable is read when choices are made afresh
     assert solvers.choose_solver("cpu", torch.float32, 1000).name == "scipy-lapack"
     assert solvers.choose_solver("cpu", torch.float32, 10).name == "scipy-lapack"
     solvers.set_solver("torch")  # the function overrides the environment

@@ -24,8 +24,9 @@ symmetric matrix of the band's probe size, best of three, interleaved; the faste
 unless another is faster by more than ``_MARGIN``. The probe costs about a second on a 2-core CPU
 for the largest band. Choices are kept for the process and, when the environment variable
 ``SPECTRAL_MONITOR_SOLVER_CACHE`` names a JSON file, on disk under a key that names the CPU, the
-library versions and the thread count. ``SPECTRAL_MONITOR_SOLVER=<name>`` or
-:func:`set_solver` forces one solver wherever it can run.
+library versions and the thread count. ``SPECTRAL_MONITOR_SOLVER=<name>`` (read at the
+first solve and after :func:`clear_choices`) or :func:`set_solver` forces one solver wherever it
+can run.
 
 On CUDA only ``"torch"`` (cuSOLVER, torch's own pick between ``syevd`` and batched ``syevj``) is
 registered; :func:`register_solver` is the hook for the cuSOLVER/MAGMA variants a GPU measures
@@ -316,11 +317,13 @@ def set_solver(name: str | None) -> None:
 
 
 def clear_choices() -> None:
-    """Forget the probed choices of this process (the disk cache is kept)."""
+    """Forget the probed choices of this process and read ``SPECTRAL_MONITOR_SOLVER`` again
+    (the disk cache is kept)."""
     global _DISK_LOADED
     with _LOCK:
         _CHOICES.clear()
         _FAST.clear()
+        _ENVIRONMENT.clear()
         _DISK_LOADED = False
 
 
@@ -427,12 +430,23 @@ def probe(
     return best
 
 
+_ENVIRONMENT: list[str | None] = []
+
+
+def _environment_choice() -> str | None:
+    """``SPECTRAL_MONITOR_SOLVER``, read once, and again after :func:`clear_choices` (not on
+    every solver call: the worker's Python time is the training thread's GIL wait)."""
+    if not _ENVIRONMENT:
+        _ENVIRONMENT.append(os.environ.get(_ENV_FORCE) or None)
+    return _ENVIRONMENT[0]
+
+
 def choose_solver(device: torch.device | str, dtype: torch.dtype, n: int) -> Solver:
     """The solver for n×n matrices of ``dtype`` on ``device``: the forced one where it runs,
     else torch below ``_PROBE_MIN`` columns or where it is the only candidate, else the
     probe's winner for the size band (probed on first use, kept for the process)."""
     device = torch.device(device)
-    forced = _FORCED or os.environ.get(_ENV_FORCE) or None
+    forced = _FORCED or _environment_choice()
     # The worker asks once per solver call: answer a repeated question without the lookups.
     fast_key = (device.type, dtype, n if n < _PROBE_MIN else _band(n)[0], forced)
     threads = torch.get_num_threads()
