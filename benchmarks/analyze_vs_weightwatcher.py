@@ -8,9 +8,15 @@ best of ``--repeat`` wall times of:
 - ``WeightWatcher(model=m).analyze()`` (its logging and prints silenced);
 - ``analyze(m, conv="slices", normalize=False)`` — WeightWatcher's convention ("ours slices");
 - ``analyze(m)`` — our default (``conv="flatten"``, ``normalize=True``);
-- the *floor*: float32 Gram ``WᵀW`` + ``torch.linalg.eigvalsh`` on exactly the matrices
-  ``analyze()`` builds (``weights.layers.weight_matrices``), one call per layer, in each
-  of the two conv2d modes. ``analyze()/floor`` is the cost of everything that is not the solver.
+- the *floor*: float32 Gram ``WᵀW`` + the fastest eigensolver the machine has, on exactly the
+  matrices ``analyze()`` builds (``weights.layers.weight_matrices``), one call per layer, in each
+  of the two conv2d modes. Every candidate of ``spectra.solvers`` (torch's ``eigvalsh``, SciPy's
+  LAPACK ``?syevd`` through ctypes) and ``scipy.linalg.eigh(eigvals_only=True)`` are timed on
+  every layer (best of the rounds); the floor is the sum over layers of the fastest of them for
+  that layer, so a solver choice that is wrong for some layer shows as ours/floor > 1.
+  ``analyze()/floor`` is the cost of everything that is not the solver, plus any wrong choice.
+  The old floor (torch's ``eigvalsh`` alone) is printed beside it, and ``solver`` is what
+  ``analyze()`` chose (``report.solver``).
 
 It also prints the largest relative alpha difference ``|Δalpha| / alpha_WW`` between the slices
 mode and WeightWatcher over the layers with at least 20 eigenvalues (WeightWatcher switches to a
@@ -42,6 +48,8 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+import numpy as np
+import scipy.linalg
 import torch
 from bench_utils import (
     add_threads_argument,
@@ -53,6 +61,7 @@ from bench_utils import (
 from torch import nn
 
 from spectral_monitor import analyze
+from spectral_monitor.spectra import solvers
 from spectral_monitor.weights.layers import select_layers, weight_matrices
 
 #: Layers with fewer eigenvalues are left out of the alpha comparison (WeightWatcher's fitter
@@ -187,11 +196,60 @@ def layer_stacks(model: nn.Module, conv2d: str) -> list[torch.Tensor]:
         ]
 
 
+def _scipy_eigh(gram: torch.Tensor) -> torch.Tensor:
+    """``scipy.linalg.eigh(eigvals_only=True)`` on each matrix (it holds the GIL)."""
+    return torch.from_numpy(
+        np.stack(
+            [scipy.linalg.eigh(g, eigvals_only=True, check_finite=False) for g in gram.numpy()]
+        )
+    )
+
+
+def floor_solvers() -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """Every eigensolver the floor takes the fastest of, by name."""
+    out: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+        s.name: s.solve for s in solvers.available_solvers("cpu")
+    }
+    out["scipy.eigh"] = _scipy_eigh
+    return out
+
+
 def run_floor(stacks: list[torch.Tensor]) -> None:
-    """The bare eigensolver: float32 Gram matrix and ``eigvalsh``, one call per layer."""
+    """The bare torch eigensolver: float32 Gram matrix and ``eigvalsh``, one call per layer."""
     with torch.no_grad():
         for mats in stacks:
             torch.linalg.eigvalsh(mats.mT @ mats)
+
+
+def floor_tasks(stacks: list[torch.Tensor], tag: str) -> dict[str, Callable[[], object]]:
+    """One timed task per (layer, solver): Gram + solve, for the per-layer fastest solver."""
+    tasks: dict[str, Callable[[], object]] = {}
+    for name, solve in floor_solvers().items():
+        for k, mats in enumerate(stacks):
+
+            def task(
+                mats: torch.Tensor = mats, solve: Callable[[torch.Tensor], torch.Tensor] = solve
+            ) -> object:
+                with torch.no_grad():
+                    return solve(mats.mT @ mats)
+
+            tasks[f"floor:{tag}:{name}:{k}"] = task
+    return tasks
+
+
+def per_layer_floor(times: dict[str, float], tag: str, layers: int) -> tuple[float, float]:
+    """(sum over layers of the fastest solver's time, torch's own sum) from :func:`floor_tasks`
+    timings."""
+    best = [math.inf] * layers
+    torch_sum = 0.0
+    for key, seconds in times.items():
+        if not key.startswith(f"floor:{tag}:"):
+            continue
+        _, _, name, k = key.split(":")
+        best[int(k)] = min(best[int(k)], seconds)
+        if name == "torch":
+            torch_sum += seconds
+    return sum(best), torch_sum
 
 
 def best_times(
@@ -252,6 +310,9 @@ class Row:
     floor_default: float
     dalpha: float
     compared: int
+    torch_floor_slices: float = math.nan
+    torch_floor_default: float = math.nan
+    solver: str = ""
 
     @property
     def speedup(self) -> float:
@@ -278,6 +339,8 @@ HEADER = (
     "ours default s",
     "floor default s",
     "ours/floor (default)",
+    "torch-only floor slices / default s",
+    "solver (slices)",
 )
 
 
@@ -295,6 +358,8 @@ def cells(row: Row) -> list[str]:
         f"{row.ours_default:.3f}",
         f"{row.floor_default:.3f}",
         f"{row.over_floor_default:.2f}",
+        f"{row.torch_floor_slices:.3f} / {row.torch_floor_default:.3f}",
+        row.solver,
     ]
 
 
@@ -305,20 +370,24 @@ def benchmark_model(ww: ModuleType, name: str, model: nn.Module, threads: str, r
     stacks_default = layer_stacks(model, "flatten")
     # Warm-up of our code paths (first torch calls allocate); WeightWatcher's first call is
     # timed like the others, as the best of the rounds is kept anyway.
+    # (the warm-up also runs the solver probe for this thread setting, once per process).
     run_ours_slices(model)
+    run_ours_default(model)
     run_floor(stacks_slices)
     times, results = best_times(
         {
             "ww": lambda: run_weightwatcher(ww, model),
             "ours_slices": lambda: run_ours_slices(model),
             "ours_default": lambda: run_ours_default(model),
-            "floor_slices": lambda: run_floor(stacks_slices),
-            "floor_default": lambda: run_floor(stacks_default),
+            **floor_tasks(stacks_slices, "slices"),
+            **floor_tasks(stacks_default, "default"),
         },
         repeat,
     )
     report = results["ours_slices"]
     dalpha, compared = max_relative_alpha_difference(results["ww"], report)
+    floor_slices, torch_slices = per_layer_floor(times, "slices", len(stacks_slices))
+    floor_default, torch_default = per_layer_floor(times, "default", len(stacks_default))
     return Row(
         model=name,
         threads=threads,
@@ -326,10 +395,13 @@ def benchmark_model(ww: ModuleType, name: str, model: nn.Module, threads: str, r
         ww=times["ww"],
         ours_slices=times["ours_slices"],
         ours_default=times["ours_default"],
-        floor_slices=times["floor_slices"],
-        floor_default=times["floor_default"],
+        floor_slices=floor_slices,
+        floor_default=floor_default,
         dalpha=dalpha,
         compared=compared,
+        torch_floor_slices=torch_slices,
+        torch_floor_default=torch_default,
+        solver=report.solver,
     )
 
 
@@ -349,6 +421,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = parse_threads(parser, args.threads)
 
     ww = import_weightwatcher()
+    # Load SciPy's LAPACK now, so that threadpoolctl's limits below reach its OpenBLAS too.
+    solvers.available_solvers("cpu")
     models = build_models(args.quick, args.large)
     print(
         f"torch {torch.__version__}, weightwatcher {getattr(ww, '__version__', '?')}, "
@@ -368,7 +442,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"{row.ours_slices:6.3f} s ({row.speedup:4.1f}x faster) | floor "
                     f"{row.floor_slices:6.3f} s (ours/floor {row.over_floor_slices:4.2f}) | "
                     f"ours default {row.ours_default:6.3f} s (/floor {row.over_floor_default:4.2f})"
-                    f" | max rel dalpha {row.dalpha:.1e} over {row.compared} layers",
+                    f" | max rel dalpha {row.dalpha:.1e} over {row.compared} layers"
+                    f" | torch-only floor {row.torch_floor_slices:6.3f} s | solver {row.solver}",
                     flush=True,
                 )
     print(f"\ntotal {time.perf_counter() - start:.0f} s\n")

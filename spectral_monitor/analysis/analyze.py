@@ -35,7 +35,12 @@ from spectral_monitor.analysis.snapshot import (
     subtract_base,
     take_snapshot,
 )
-from spectral_monitor.spectra.eigen import EigenError, batched_eigenvalues, peak_work_bytes
+from spectral_monitor.spectra.eigen import (
+    EigenError,
+    batched_eigenvalues,
+    peak_work_bytes,
+    solver_summary,
+)
 from spectral_monitor.spectra.metrics import layer_metrics, verdict
 from spectral_monitor.spectra.powerlaw_fit import PowerLawFit, fit_power_law_table, fit_work_bytes
 from spectral_monitor.spectra.reliability import degenerate_reason, unreliable_reason
@@ -283,6 +288,7 @@ def analyze_snapshot(
         step=step,
         seconds=time.perf_counter() - start,
         memory_bytes=memory,
+        solver=solver_summary(stacks, config.precision),
     )
 
 

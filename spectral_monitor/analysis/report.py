@@ -118,6 +118,9 @@ class SpectralReport:
             compute device: the weight snapshot, the largest solver call's Grams and workspace,
             the upcast chunk and the fit's tile (an account of what it allocates; on CUDA
             ``benchmarks/gpu_check.py`` compares it with the allocator's peak). 0 if unknown.
+        solver: the eigensolver(s) used, e.g. ``"scipy-lapack"`` or ``"scipy-lapack:2,torch:3"``
+            (layers per solver), chosen per size, dtype and device by
+            :mod:`spectral_monitor.spectra.solvers`; ``""`` if unknown.
     """
 
     layers: list[LayerSpectrum]
@@ -127,6 +130,7 @@ class SpectralReport:
     step: int | None = None
     seconds: float = math.nan
     memory_bytes: int = 0
+    solver: str = ""
 
     @property
     def fitted(self) -> list[LayerSpectrum]:
@@ -256,6 +260,7 @@ class SpectralReport:
             "precision": self.precision,
             "seconds": clean(self.seconds),
             "memory_bytes": self.memory_bytes,
+            "solver": self.solver,
             "aggregates": {k: clean(v) for k, v in self.aggregates.items()},
             "layers": [{k: clean(v) for k, v in row.items()} for row in self.to_rows()],
         }

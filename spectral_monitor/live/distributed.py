@@ -62,6 +62,7 @@ def merge_reports(parts: Sequence[SpectralReport], order: Sequence[str]) -> Spec
         step=first.step,
         seconds=max(part.seconds for part in parts),
         memory_bytes=max(part.memory_bytes for part in parts),
+        solver=",".join(sorted({part.solver for part in parts if part.solver})),
     )
 
 

@@ -22,9 +22,10 @@ holds the finished results, the running analysis's included.
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
@@ -42,6 +43,19 @@ __all__ = ["WORKER_MODES", "AnalysisResult", "AnalysisWorker", "RenderResult"]
 
 WORKER_MODES = ("thread", "sync")
 WorkerMode = Literal["thread", "sync"]
+
+# A CPU analysis on the worker thread competes with training for the cores and for the GIL.
+# While one runs, Python's GIL switch interval is ``_SWITCH_INTERVAL`` seconds (None: unchanged):
+# each torch operator of the training step releases the GIL, the worker takes it, and the
+# training thread then waits until the worker's Python lets go — up to one interval, 5 ms by
+# default, which is two steps of a fast CPU loop. Measured in
+# ``benchmarks/training_thread_profile.py``: handing an analysis over cost the training thread
+# up to 11 ms at 5 ms, and a loop of small torch operators lost less beside back-to-back
+# analyses at 0.5 ms. ``_CPU_WORKER_THREADS`` caps the worker's torch threads (None: as torch is
+# set); it stays off because ``torch.set_num_threads`` also sets MKL's process-wide count, which
+# the training thread's matrix products read.
+_CPU_WORKER_THREADS: int | None = None
+_SWITCH_INTERVAL: float | None = 0.0005
 
 
 @dataclass
@@ -174,6 +188,8 @@ class AnalysisWorker:
                         # allocator they are in use on ours until our work is done.
                         if snap.weight is not None and snap.weight.device == device:
                             snap.weight.record_stream(stream)
+                if not ready and self.mode == "thread":
+                    stack.enter_context(_cpu_worker_settings())
                 report = analyze_snapshot(snapshot, config, step)
             return AnalysisResult(step, report)
         except Exception:
@@ -205,6 +221,25 @@ class AnalysisWorker:
             self._drawer.shutdown(wait=True)
             self._drawer = None
         return results
+
+
+@contextlib.contextmanager
+def _cpu_worker_settings() -> Iterator[None]:
+    """The worker thread's torch threads and the GIL switch interval for one CPU analysis,
+    restored afterwards (see ``_CPU_WORKER_THREADS`` and ``_SWITCH_INTERVAL``)."""
+    threads, interval = torch.get_num_threads(), sys.getswitchinterval()
+    limit_threads = _CPU_WORKER_THREADS is not None and threads > _CPU_WORKER_THREADS
+    if limit_threads:
+        torch.set_num_threads(_CPU_WORKER_THREADS)  # type: ignore[arg-type]
+    if _SWITCH_INTERVAL is not None:
+        sys.setswitchinterval(_SWITCH_INTERVAL)
+    try:
+        yield
+    finally:
+        if _SWITCH_INTERVAL is not None:
+            sys.setswitchinterval(interval)
+        if limit_threads:
+            torch.set_num_threads(threads)
 
 
 def _draw(step: int, draw: Draw) -> RenderResult:
