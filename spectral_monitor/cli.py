@@ -306,7 +306,7 @@ def _color(text: str, verdict: str, enabled: bool) -> str:
 
 
 def _print_table(report: SpectralReport, out: TextIO, color: bool) -> None:
-    for line in report.format_table(width=120).splitlines():
+    for line in report.format_table(width=100).splitlines():
         verdict = next((v for v in _COLORS if line.endswith(v)), "")
         out.write((_color(line, verdict, color) if verdict else line) + "\n")
 

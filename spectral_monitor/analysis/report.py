@@ -279,14 +279,15 @@ class SpectralReport:
             raise ImportError("to_dataframe() needs pandas: pip install pandas") from error
         return pd.DataFrame(self.to_rows())
 
-    def format_table(self, width: int = 120) -> str:
+    def format_table(self, width: int = 100) -> str:
         """An aligned text table of the layers and the aggregates, at most ``width`` columns.
 
         Each layer's name is the shortest form that tells it from every other layer
         (:func:`~spectral_monitor.utilities.names.short_names`); a name no such form of 22
         characters fits is printed whole on a line of its own, above its row."""
         # spk/trp: eigenvalues above the MP edge (spikes) and traps of the shuffled weight.
-        header = f"{'layer':<22} {'kind':<7} {'shape':>11} {'alpha':>6} {'interval':>13}"
+        # The kind is left out of fitted rows to make room for them (skipped rows name it).
+        header = f"{'layer':<22} {'shape':>11} {'alpha':>6} {'interval':>13}"
         header += f" {'lambda_max':>9} {'tail':>5} {'D':>5} {'spk':>3} {'trp':>3}  verdict"
         lines = [header, "-" * min(width, len(header) + 13)]
         # Names that no distinguishing short form fits print whole, on a line of their own.
@@ -300,11 +301,11 @@ class SpectralReport:
                 name = ""
             shape = "x".join(str(s) for s in la.shape)
             if la.skipped is not None:
-                lines.append(f"{name:<22} {la.kind:<7} {shape:>11}  skipped: {la.skipped}")
+                lines.append(f"{name:<22} {shape:>11}  skipped ({la.kind}): {la.skipped}")
                 continue
             interval = f"[{la.alpha_lo:.2f}, {la.alpha_hi:.2f}]"
             lines.append(
-                f"{name:<22} {la.kind:<7} {shape:>11} {la.alpha:>6.3g} {interval:>13}"
+                f"{name:<22} {shape:>11} {la.alpha:>6.3g} {interval:>13}"
                 f" {la.lambda_max:>9.3g} {la.n_tail:>5d} {la.D:>5.3f}"
                 f" {_count(la.num_spikes):>3} {_count(la.num_traps):>3}  {la.verdict}"
             )
