@@ -9,7 +9,7 @@ overhead ratio monitored / baseline.
     python benchmarks/training_overhead.py --steps 600 --repeat 5 --every 50 100
     python benchmarks/training_overhead.py --device cuda --steps 2000 --every 100
     python benchmarks/training_overhead.py --figures --repeat 5    # cost of drawing the heatmap
-    python benchmarks/training_overhead.py --figures --every 100 25 --repeat 5
+    python benchmarks/training_overhead.py --figures --every 100 25 --skip-esd --threads 1
     python benchmarks/training_overhead.py --model fast-mlp --every 25 100 --repeat 7
 
 ``--model fast-mlp`` is the fast loop where a CPU analysis costs the most: a 64->512->512->10 MLP
@@ -24,7 +24,11 @@ those plus an ESD figure per layer every analysis (``log_figures_every=1``). Dra
 worker thread, but Python code holds the GIL while it draws, so it can still slow the steps that
 overlap it: the mean step time and p99 show that where the median may not. Below the table, the
 cost of the pictures: per repeat, (fit with pictures every analysis - fit with first+last only)
-/ fit without monitor, all three from the same repeat; the median over repeats and the range.
+/ fit without monitor, all three from the same repeat; the median over repeats and the range;
+the same for the process's CPU time (all threads: less sensitive to other work on the machine,
+and an upper bound, since drawing on a free core costs the training thread only the GIL); and
+the time to draw the pictures of a whole run against matplotlib figures of the same, times the
+number of analyses, as a share of the fit without monitor.
 
 Target: under 5% on this 2-core CPU at every_n_steps=50 for the small CNN; under 1% on a GPU at
 every_n_steps=100.
@@ -144,15 +148,15 @@ def picture_costs(
     lines = []
     for e in every:
         few, all_ = results[f"every_n_steps={e}, {_FEW}"], results[f"every_n_steps={e}, {_ALL}"]
-        shares = [
-            (a["total"] - f["total"]) / b["total"]
-            for a, f, b in zip(all_, few, results[base], strict=True)
-        ]
-        lines.append(
-            f"pictures every analysis at every_n_steps={e}: "
-            f"{100 * statistics.median(shares):+.2f}% of fit time (median of {len(shares)} "
-            f"repeats; range {100 * min(shares):+.2f}% .. {100 * max(shares):+.2f}%)"
-        )
+        for key, what in (("total", "fit time"), ("cpu", "the fit's CPU time")):
+            shares = [
+                (a[key] - f[key]) / b[key] for a, f, b in zip(all_, few, results[base], strict=True)
+            ]
+            lines.append(
+                f"pictures every analysis at every_n_steps={e}: "
+                f"{100 * statistics.median(shares):+.2f}% of {what} (median of {len(shares)} "
+                f"repeats; range {100 * min(shares):+.2f}% .. {100 * max(shares):+.2f}%)"
+            )
     return lines
 
 
@@ -209,6 +213,7 @@ def run_once(
         torch.randint(0, 10, (batch_size * 64,), generator=g),
     )
     loader = DataLoader(data, batch_size=batch_size, shuffle=True, generator=g)
+    cpu = time.process_time()  # every thread of this process: training, analysis, drawing
     with tempfile.TemporaryDirectory() as log_dir:
         run = timed_fit(
             module_class(),
@@ -219,9 +224,11 @@ def run_once(
             log_dir if arm.tensorboard else None,
             arm.options,
         )
+    cpu = time.process_time() - cpu
     step_times = run.step_times[5:]  # the first steps include warm-up
     return {
         "total": run.total,
+        "cpu": cpu,
         "median_step": statistics.median(step_times),
         "mean_step": statistics.fmean(step_times),
         "p99_step": p99(step_times),
