@@ -49,11 +49,11 @@ WorkerMode = Literal["thread", "sync"]
 # each torch operator of the training step releases the GIL, the worker takes it, and the
 # training thread then waits until the worker's Python lets go — up to one interval, 5 ms by
 # default, which is two steps of a fast CPU loop. Measured in
-# ``benchmarks/training_thread_profile.py``: handing an analysis over cost the training thread
-# up to 11 ms at 5 ms, and a loop of small torch operators lost less beside back-to-back
-# analyses at 0.5 ms. ``_CPU_WORKER_THREADS`` caps the worker's torch threads (None: as torch is
-# set); it stays off because ``torch.set_num_threads`` also sets MKL's process-wide count, which
-# the training thread's matrix products read.
+# ``benchmarks/training_thread_profile.py`` (fast MLP, a loaded 2-core machine): the monitor's
+# hook on a snapshot step took a median 31 ms at 5 ms and 21 ms at 0.5 ms, its plain steps 500 ms
+# and 128 ms summed over a fit (docs/guide/performance.md). ``_CPU_WORKER_THREADS`` caps the
+# worker's torch threads (None: as torch is set); it stays off because ``torch.set_num_threads``
+# also sets MKL's process-wide count, which the training thread's matrix products read.
 _CPU_WORKER_THREADS: int | None = None
 _SWITCH_INTERVAL: float | None = 0.0005
 
