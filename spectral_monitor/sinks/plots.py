@@ -497,11 +497,13 @@ def render_alpha_trajectories(
     # Curves: every layer's line first, then the dots over them, then alpha_mean on top.
     for i in range(n_layers):
         canvas.polyline(px(xs), py(values[i]), colours[i], 1.6)
+    # Dots shrink as analyses crowd the 640 px axis, so that they stay apart.
+    radius = 3.2 if n_steps <= 40 else 2.4 if n_steps <= 100 else 1.8
     for i in range(n_layers):
         ok = trusted[i] & np.isfinite(values[i])
-        canvas.markers(px(xs[ok]), py(values[i, ok]), colours[i], 3.2)
+        canvas.markers(px(xs[ok]), py(values[i, ok]), colours[i], radius)
         doubt = ~trusted[i] & np.isfinite(values[i])
-        canvas.markers(px(xs[doubt]), py(values[i, doubt]), colours[i], 3.2, fill="white")
+        canvas.markers(px(xs[doubt]), py(values[i, doubt]), colours[i], radius, fill="white")
     if mean_values is not None:
         canvas.polyline(px(xs), py(mean_values), _MEAN_COLOR, 3.4)
 
