@@ -1,0 +1,478 @@
+"""Stop study v2: an over-fitting detector from the weights, chosen on one set of runs and proven
+on another.
+
+Protocol (written and committed before any run of this study was recorded; not tuned afterwards)
+---------------------------------------------------------------------------------------------
+
+**Runs and records.** Every run trains with a plain PyTorch loop on the CPU, one thread. Every
+``check_every`` optimizer steps (50, the anti-grokking runs 1,000) and at step 0 it records one
+reading, and the raw readings go to JSON, so every rule below is replayed offline on the same runs
+(``--replay``: train once, replay the rules). A reading holds the clean-label held-out loss and
+accuracy, the aggregates of ``spectral_monitor.analyze`` (package defaults: alpha_mean and
+alpha_min over reliable layers, num_reliable), and per layer (every fitted layer, with its
+``reliable`` flag):
+
+- ``alpha``, ``alpha_lo``, ``alpha_hi``, ``reliable``, ``lambda_max`` (normalised, the report's),
+  ``num_evals`` — from the report;
+- ``num_traps``, ``trap_excess``: W (out x in; a convolution flattened to out x in*k*k) shuffled
+  element-wise with a generator seeded by the step, its squared singular values s^2 compared with
+  the Marchenko–Pastur edge of its own entry variance: ``edge = var(W) * (sqrt(n) + sqrt(m))^2``
+  (n >= m the sides); a trap is s^2 > edge + 2.02 * tw, ``tw = var(W) * (sqrt(n) + sqrt(m)) *
+  (1/sqrt(n) + 1/sqrt(m))^(1/3)`` (2.02 = the 99th percentile of Tracy–Widom beta=1);
+  ``trap_excess`` = max s^2 / edge - 1;
+- ``num_spikes``: the same count on W itself (unshuffled);
+- ``mean_shift`` = |mean(W)| * (n*m)^(1/4) / std(W) (>~1: a rank-one trap by BBP),
+  ``max_ratio`` = max|W| / std(W), ``kurtosis`` = excess kurtosis of the entries.
+
+These are this script's own definitions (numpy/torch, no package code), so the study does not
+depend on the package's signal code; the shipped rule reads the package's fields, and the study
+replays the shipped class on these records to check they agree where the definitions coincide.
+The SETOL ERG gap is not recorded (budget).
+
+**Development set** (rules are chosen on it and only on it): the 16 configurations of
+``benchmarks/stop_study.py`` (its docstring lists them: 9 healthy-by-design on digits, the char
+transformer and Fashion-MNIST; 7 over-regularising-by-design: random labels, 40/60/80 % label
+noise, learning rates 17-20x too large, no weight decay with batch 8), same steps, seeds 0 and 1
+(32 runs; the third seed of v1 does not fit the 45-minute budget of the whole study on 2 shared
+cores).
+
+**Held-out set** (never used to choose anything; configurations that appear nowhere in the
+development set), seeds 0 and 1:
+
+- ``fcnn_noise50``: CNN (conv 16, conv 32, fc 128, head; 28x28) on 4,000 Fashion-MNIST training
+  images with 50 % of the labels replaced at random, Adam 2e-3, batch 32, 3,000 steps;
+- ``fcnn_clean``: its twin with clean labels;
+- ``char_memorise``: the char transformer (dim 64, 2 blocks, sequences of 32) on 32 training
+  sequences (1,024 characters) for 1,200 steps of batch 32 (every step sees the whole set),
+  AdamW 2e-3; ``char_full``: its twin on 400,000 characters;
+- ``fmlp_adamw_wd``: MLP 784-256-256-10 on 5,000 Fashion-MNIST images, AdamW 1e-3 weight decay
+  0.05, 3,000 steps;
+- ``fmlp_sgd_noise50``: MLP 784-512-256-10 on 2,000 Fashion-MNIST images with 50 % label noise,
+  SGD 0.05 momentum 0.9, 4,000 steps;
+- ``antigrok``: the anti-grokking setup of arXiv 2506.04434 scaled down: MLP 784-200-200-10
+  (3 layers, ReLU) on 1,000 Fashion-MNIST training images, weights at initialisation multiplied
+  by 8, MSE loss on one-hot targets, AdamW 1e-3 with weight decay 0, batch 200, 100,000 steps
+  (the paper trains 10^7 steps on MNIST; ours is 100x shorter), a reading every 1,000 steps.
+
+Held-out accuracy is on 2,000 Fashion-MNIST test images (clean labels), 64 held-out sequences
+for the char model (next-character accuracy).
+
+**Over-fitting, fixed in advance, from held-out accuracy alone** (the groups are read off the
+accuracy curves, not off the intent of a configuration): a run *over-fits* when, after the
+check where its accuracy peaks (``peak``), there is a check ``onset`` from which every accuracy to
+the end is <= peak - 0.05, with at least 3 checks from ``onset`` to the end. Every other run is
+*healthy* (it includes runs that never learn and runs that are merely noisy). A stop on an
+over-fitting run is *good* when the accuracy at the stop is within 0.05 of the peak.
+
+**Candidate rules** (each replayed on every run; analyses with no value neither count nor reset a
+count; ``p`` = patience in consecutive readings; unless said, only reliable layers count and a rule
+counts from ``start_step`` = 500, i.e. from the 11th reading; the anti-grokking runs use the same
+rule parameters in readings):
+
+- ``drop``: the shipped ``alpha_mean_drop`` (alpha_mean below its minimum before step 500 minus
+  1.0 for 3 readings);
+- ``mean<2 pP``, ``min<2 pP``: alpha_mean / alpha_min < 2 for P in {3, 5};
+- ``rebound r pP``: alpha_mean minus its running minimum (from start_step) >= r for P readings,
+  r in {0.1, 0.2, 0.3}, P in {3, 5};
+- ``rebound<2 r pP``: the same with the running minimum < 2;
+- ``traps k pP``: the number of traps summed over reliable layers >= k for P readings,
+  k in {1, 2}, P in {3, 5};
+- ``trap_excess e pP``: the largest trap_excess over reliable layers >= e, e in {0.25, 1.0},
+  P in {3, 5};
+- ``new_traps pP``: traps summed over reliable layers above their value at start_step for P;
+- ``lmax_growth g pP``: the largest lambda_max / its value at start_step over reliable layers
+  >= g, g in {2, 4}, P in {3, 5};
+- ``mean_shift 1 pP``, ``max_ratio 10 pP``, ``kurtosis 5 pP``: the largest value over reliable
+  layers >= the level, P in {3, 5};
+- combinations (both conditions at the same reading, each with its own patience P in {3, 5}):
+  ``traps+rebound``: traps >= 1 and rebound >= 0.2; ``traps+alpha<2``: one reliable layer with a
+  trap and alpha < 2; ``rebound+lmax``: rebound >= 0.2 and lmax_growth >= 2;
+  ``new_traps+rebound``: new traps and rebound >= 0.2;
+- reference that sees labels: Lightning's ``EarlyStopping(monitor="val_loss", patience=5)``
+  replayed on the same readings (``es_val_loss``); not a candidate.
+
+**Selection, on the development set only:** a candidate qualifies with zero healthy runs stopped.
+Among qualifying candidates the winner stops the most over-fitting runs; ties go to the most good
+stops, then to the smallest median accuracy lost at the stop (peak minus accuracy at the stop;
+an unstopped run counts its final accuracy), then to the earlier position in the list above
+(simpler first). If nothing qualifies, the candidate with the fewest healthy stops (then the same
+ties) is reported as the best, and the default stays "no stop".
+
+**Reported, both sets side by side:** healthy runs stopped, over-fitting runs stopped, good stops,
+accuracy at the stop against the peak and the end, steps from the peak to the stop. Target on the
+held-out set: 0 healthy runs stopped, >= 2/3 of over-fitting runs stopped, good stops in most.
+**Anti-grokking:** per run, the first step with alpha < 2 in a reliable layer, with alpha_mean < 2,
+with a trap in any layer (reliable or not), and the over-fitting onset, and their differences.
+
+    python benchmarks/stop_study_v2.py --part dev --seeds 0      # records, one file per call,
+    python benchmarks/stop_study_v2.py --part dev --seeds 1      # under benchmarks/
+    python benchmarks/stop_study_v2.py --part heldout --seeds 0,1  #   stop_study_v2_runs/
+    python benchmarks/stop_study_v2.py --replay    # rules replayed -> stop_study_v2.{md,json}
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from stop_study import Config, Data, configs, corrupt, fashion, mlp
+from torch import nn
+
+from spectral_monitor.analysis.analyze import analyze_snapshot
+from spectral_monitor.analysis.config import AnalysisConfig
+from spectral_monitor.analysis.snapshot import take_snapshot
+
+ROOT = Path(__file__).resolve().parent.parent
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+#: The 99th percentile of the Tracy-Widom (beta = 1) law: the margin above the MP edge, in TW units.
+TW_MARGIN = 2.02
+#: The per-layer fields of a reading, in the order they are stored.
+LAYER_FIELDS = (
+    "name",
+    "alpha",
+    "alpha_lo",
+    "alpha_hi",
+    "reliable",
+    "lambda_max",
+    "num_evals",
+    "num_traps",
+    "trap_excess",
+    "num_spikes",
+    "mean_shift",
+    "max_ratio",
+    "kurtosis",
+)
+
+
+# --- signals (this study's own definitions; see the docstring) --------------------------------
+
+
+def mp_edges(w: torch.Tensor) -> tuple[float, float]:
+    """(MP edge, Tracy-Widom scale) of s^2 for a matrix of W's shape and entry variance."""
+    n, m = max(w.shape), min(w.shape)
+    var = float(w.double().var(unbiased=False))
+    root = math.sqrt(n) + math.sqrt(m)
+    return var * root**2, var * root * (1 / math.sqrt(n) + 1 / math.sqrt(m)) ** (1 / 3)
+
+
+def count_above(w: torch.Tensor) -> tuple[int, float]:
+    """Squared singular values of ``w`` above its MP edge + TW margin, and max s^2 / edge - 1."""
+    edge, tw = mp_edges(w)
+    s2 = torch.linalg.svdvals(w.double()) ** 2
+    if edge <= 0:
+        return 0, math.nan
+    return int((s2 > edge + TW_MARGIN * tw).sum()), float(s2.max()) / edge - 1
+
+
+def layer_signals(w: torch.Tensor, seed: int) -> dict[str, float]:
+    """Traps, spikes and entry statistics of one (out, in) matrix."""
+    g = torch.Generator().manual_seed(seed)
+    flat = w.flatten()
+    shuffled = flat[torch.randperm(flat.numel(), generator=g)].view_as(w)
+    traps, excess = count_above(shuffled)
+    spikes, _ = count_above(w)
+    x = flat.double()
+    mean, std = float(x.mean()), float(x.std(unbiased=False))
+    n, m = w.shape
+    centred = (x - mean) / std if std > 0 else x * 0
+    return {
+        "num_traps": traps,
+        "trap_excess": excess,
+        "num_spikes": spikes,
+        "mean_shift": abs(mean) * (n * m) ** 0.25 / std if std > 0 else math.nan,
+        "max_ratio": float(x.abs().max()) / std if std > 0 else math.nan,
+        "kurtosis": float((centred**4).mean()) - 3.0,
+    }
+
+
+CONFIG = AnalysisConfig.create()
+
+
+def reading_record(model: nn.Module, step: int) -> dict[str, Any]:
+    snapshot = take_snapshot(model, CONFIG)
+    report = analyze_snapshot(snapshot, CONFIG, step=step)
+    weights = {s.name: s.weight for s in snapshot if s.weight is not None}
+    agg = report.aggregates
+    layers = []
+    for la in report.fitted:
+        w = weights[la.name].flatten(1).float()
+        sig = layer_signals(w, seed=step)
+        row = {
+            "name": la.name,
+            "alpha": la.alpha,
+            "alpha_lo": la.alpha_lo,
+            "alpha_hi": la.alpha_hi,
+            "reliable": bool(la.reliable),
+            "lambda_max": la.lambda_max,
+            "num_evals": la.num_evals,
+            **sig,
+        }
+        layers.append([row[f] for f in LAYER_FIELDS])
+    return {
+        "step": step,
+        "alpha_mean": float(agg["alpha_mean"]),
+        "alpha_min": float(agg["alpha_min"]),
+        "num_reliable": int(agg["num_reliable"]),
+        "layers": layers,
+    }
+
+
+# --- held-out configurations -----------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=2)
+def _fashion(seed: int) -> Data | None:
+    return fashion(seed)
+
+
+def fashion_subset(seed: int, n: int, image: bool) -> Data | None:
+    data = _fashion(seed)
+    if data is None:
+        return None
+    x_train, x_val = data.x_train[:n], data.x_val
+    if image:
+        x_train, x_val = x_train.view(-1, 1, 28, 28), x_val.view(-1, 1, 28, 28)
+    return Data(x_train, data.y_train[:n], x_val, data.y_val)
+
+
+def text_subset(seed: int, sequences: int | None, max_chars: int) -> Data:
+    from spectral_monitor.demo.data import StdlibTextDataModule
+
+    dm = StdlibTextDataModule(seq_len=32, max_chars=max_chars)
+    dm.setup()
+    xt, yt = dm.train_set.tensors
+    xv, yv = dm.val_set.tensors
+    if sequences is not None:
+        pick = torch.randperm(len(xt), generator=torch.Generator().manual_seed(seed))[:sequences]
+        xt, yt = xt[pick], yt[pick]
+    return Data(xt, yt, xv[:64], yv[:64])
+
+
+def fcnn() -> nn.Module:
+    from spectral_monitor.demo.models import ImageClassifier
+
+    return ImageClassifier(image_size=28, width=16).net
+
+
+def char32() -> nn.Module:
+    from spectral_monitor.demo.models import CharTransformer
+
+    return CharTransformer(dim=64, depth=2, heads=4, max_len=32)
+
+
+def antigrok_mlp() -> nn.Module:
+    model = mlp(784, 200, 200, 10)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(8.0)
+    return model
+
+
+@dataclass
+class HeldOut(Config):
+    check_every: int = 50
+    loss: str = "ce"  # "ce" or "mse" (one-hot targets)
+
+
+def heldout_configs() -> list[HeldOut]:
+    return [
+        HeldOut(
+            "fcnn_noise50",
+            "heldout",
+            lambda s: fashion_subset(s, 4000, True),
+            fcnn,
+            "adam",
+            2e-3,
+            3000,
+            label_noise=0.5,
+        ),
+        HeldOut(
+            "fcnn_clean",
+            "heldout",
+            lambda s: fashion_subset(s, 4000, True),
+            fcnn,
+            "adam",
+            2e-3,
+            3000,
+        ),
+        HeldOut(
+            "char_memorise",
+            "heldout",
+            lambda s: text_subset(s, 32, 200_000),
+            char32,
+            "adamw",
+            2e-3,
+            1200,
+            weight_decay=0.01,
+        ),
+        HeldOut(
+            "char_full",
+            "heldout",
+            lambda s: text_subset(s, None, 400_000),
+            char32,
+            "adamw",
+            2e-3,
+            1200,
+            weight_decay=0.01,
+        ),
+        HeldOut(
+            "fmlp_adamw_wd",
+            "heldout",
+            lambda s: fashion_subset(s, 5000, False),
+            lambda: mlp(784, 256, 256, 10),
+            "adamw",
+            1e-3,
+            3000,
+            weight_decay=0.05,
+        ),
+        HeldOut(
+            "fmlp_sgd_noise50",
+            "heldout",
+            lambda s: fashion_subset(s, 2000, False),
+            lambda: mlp(784, 512, 256, 10),
+            "sgd",
+            0.05,
+            4000,
+            label_noise=0.5,
+        ),
+        HeldOut(
+            "antigrok",
+            "heldout",
+            lambda s: fashion_subset(s, 1000, False),
+            antigrok_mlp,
+            "adamw",
+            1e-3,
+            100_000,
+            batch=200,
+            check_every=1000,
+            loss="mse",
+        ),
+    ]
+
+
+# --- training ---------------------------------------------------------------------------------
+
+
+def evaluate(model: nn.Module, data: Data) -> tuple[float, float]:
+    model.eval()
+    with torch.no_grad():
+        logits = model(data.x_val)
+        if logits.dim() == 3:  # sequence model: (batch, time, vocab)
+            logits, target = logits.flatten(0, 1), data.y_val.flatten()
+        else:
+            target = data.y_val
+        loss = nn.functional.cross_entropy(logits, target).item()
+        acc = (logits.argmax(-1) == target).float().mean().item()
+    model.train()
+    return loss, acc
+
+
+def train(config: Config, seed: int, check_every: int = 50, loss_kind: str = "ce") -> dict | None:
+    data = config.data(seed)
+    if data is None:
+        return None
+    torch.manual_seed(seed)
+    model = config.model()
+    y_train = data.y_train
+    if config.label_noise:
+        y_train = corrupt(data.y_train, config.label_noise, seed)
+    params = model.parameters()
+    if config.optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(
+            params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay
+        )
+    elif config.optimizer == "adamw":
+        opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    else:
+        opt = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    g = torch.Generator().manual_seed(seed)
+    checks: list[dict[str, Any]] = []
+    start = time.perf_counter()
+    order = torch.randperm(len(data.x_train), generator=g)
+    cursor = 0
+    batch = min(config.batch, len(data.x_train))
+    for step in range(config.steps + 1):
+        if step % check_every == 0:
+            val_loss, acc = evaluate(model, data)
+            checks.append({**reading_record(model, step), "val_loss": val_loss, "val_acc": acc})
+        if step == config.steps:
+            break
+        if cursor + batch > len(order):
+            order, cursor = torch.randperm(len(data.x_train), generator=g), 0
+        idx = order[cursor : cursor + batch]
+        cursor += batch
+        logits = model(data.x_train[idx])
+        target = y_train[idx]
+        if logits.dim() == 3:
+            logits, target = logits.flatten(0, 1), target.flatten()
+        if loss_kind == "mse":
+            onehot = nn.functional.one_hot(target, logits.shape[-1]).float()
+            loss = nn.functional.mse_loss(logits, onehot)
+        else:
+            loss = nn.functional.cross_entropy(logits, target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return {
+        "config": config.name,
+        "seed": seed,
+        "steps": config.steps,
+        "check_every": check_every,
+        "seconds": time.perf_counter() - start,
+        "layer_fields": list(LAYER_FIELDS),
+        "checks": checks,
+    }
+
+
+def record(part: str, seeds: list[int], out: Path, only: str | None) -> None:
+    todo: list[tuple[Config, int, str]] = []
+    if part == "dev":
+        todo = [(c, 50, "ce") for c in configs()]
+    else:
+        todo = [(c, c.check_every, c.loss) for c in heldout_configs()]
+    runs: list[dict[str, Any]] = []
+    for seed in seeds:
+        for config, every, loss_kind in todo:
+            if only and only not in config.name:
+                continue
+            run = train(config, seed, every, loss_kind)
+            if run is None:
+                print(f"{config.name}: data absent, skipped", file=sys.stderr, flush=True)
+                continue
+            run["set"] = part
+            runs.append(run)
+            accs = [c["val_acc"] for c in run["checks"]]
+            print(
+                f"{part} {config.name} s{seed}: {run['seconds']:.1f} s, peak {max(accs):.3f}, "
+                f"final {accs[-1]:.3f}",
+                file=sys.stderr,
+                flush=True,
+            )
+            out.write_text(json.dumps({"part": part, "runs": runs}))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=("dev", "heldout"), help="record this set")
+    parser.add_argument("--seeds", default="0,1", help="comma-separated seeds to record")
+    parser.add_argument("--only", help="record only configurations whose name contains this")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    if args.part:
+        seeds = [int(x) for x in args.seeds.split(",")]
+        name = f"stop_study_v2_{args.part}_s{''.join(map(str, seeds))}.json"
+        record(args.part, seeds, ROOT / "benchmarks" / "stop_study_v2_runs" / name, args.only)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
