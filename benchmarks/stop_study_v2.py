@@ -54,6 +54,14 @@ development set), seeds 0 and 1:
   by 8, MSE loss on one-hot targets, AdamW 1e-3 with weight decay 0, batch 200, 100,000 steps
   (the paper trains 10^7 steps on MNIST; ours is 100x shorter), a reading every 1,000 steps.
 
+**Amendment (13:05 UTC, before any rule was replayed or any signal looked at).** The machine
+ran at load average 18 on its 2 cores, giving each recording process ~6 % of a core, so the
+protocol above cannot finish in its 45-minute budget. Cuts, decided from run times alone:
+``antigrok`` runs 30,000 steps with a reading every 500 (not 100,000 / 1,000), recorded by its own
+process; development seed 1 is recorded only as far as time allows (its separate process was
+stopped after 3 configurations); every run recorded by 14:10 UTC is used, and the tables say
+which runs exist. Nothing else changes (definitions, candidates, selection).
+
 Held-out accuracy is on 2,000 Fashion-MNIST test images (clean labels), 64 held-out sequences
 for the char model (next-character accuracy).
 
@@ -116,12 +124,15 @@ import argparse
 import functools
 import json
 import math
+import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from stop_study import Config, Data, configs, corrupt, fashion, mlp
 from torch import nn
@@ -129,6 +140,18 @@ from torch import nn
 from spectral_monitor.analysis.analyze import analyze_snapshot
 from spectral_monitor.analysis.config import AnalysisConfig
 from spectral_monitor.analysis.snapshot import take_snapshot
+from spectral_monitor.live.stopping import (
+    AllOfStopRule,
+    DropStopRule,
+    LayerReading,
+    LayerSignalStopRule,
+    Reading,
+    ReboundStopRule,
+    StopRule,
+    ThresholdStopRule,
+    TrapAlphaStopRule,
+    TrapStopRule,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -351,9 +374,9 @@ def heldout_configs() -> list[HeldOut]:
             antigrok_mlp,
             "adamw",
             1e-3,
-            100_000,
+            30_000,
             batch=200,
-            check_every=1000,
+            check_every=500,
             loss="mse",
         ),
     ]
@@ -460,17 +483,382 @@ def record(part: str, seeds: list[int], out: Path, only: str | None) -> None:
             out.write_text(json.dumps({"part": part, "runs": runs}))
 
 
+# --- replay: rules on the recorded readings ------------------------------------------------
+
+DROP_MARGIN = 0.05  #: over-fitting: held-out accuracy this far below its peak, and staying there
+MIN_CHECKS_AFTER = 3  #: ... for at least this many readings up to the end
+COMPARISONS = ("es_val_loss",)
+
+
+def candidate_rules(start: int) -> dict[str, Callable[[], StopRule]]:
+    """The protocol's candidates, in its order (simpler first), as the package's rule classes;
+    ``start`` = 10 readings (start_step 500 for a reading every 50 steps)."""
+    rules: dict[str, Callable[[], StopRule]] = {
+        "drop": lambda: DropStopRule(math.nan, 3, start, margin=1.0),
+    }
+    for p in (3, 5):
+        rules[f"mean<2 p{p}"] = lambda p=p: ThresholdStopRule(2.0, p, start, on="alpha_mean")
+        rules[f"min<2 p{p}"] = lambda p=p: ThresholdStopRule(2.0, p, start, on="alpha_min")
+    for floor, label in ((math.inf, "rebound"), (2.0, "rebound<2")):
+        for r in (0.1, 0.2, 0.3):
+            for p in (3, 5):
+                rules[f"{label} {r} p{p}"] = lambda r=r, p=p, f=floor: ReboundStopRule(
+                    r, p, start, floor=f
+                )
+    for k in (1, 2):
+        for p in (3, 5):
+            rules[f"traps {k} p{p}"] = lambda k=k, p=p: TrapStopRule(k, p, start)
+    for e in (0.25, 1.0):
+        for p in (3, 5):
+            rules[f"trap_excess {e} p{p}"] = lambda e=e, p=p: LayerSignalStopRule(
+                e, p, start, signal="trap_excess"
+            )
+    for p in (3, 5):
+        rules[f"new_traps p{p}"] = lambda p=p: TrapStopRule(1, p, start, new=True)
+    for g in (2, 4):
+        for p in (3, 5):
+            rules[f"lmax_growth {g} p{p}"] = lambda g=g, p=p: LayerSignalStopRule(
+                g, p, start, signal="lambda_max", growth=True
+            )
+    for signal, level in (("mean_shift", 1.0), ("max_ratio", 10.0), ("kurtosis", 5.0)):
+        for p in (3, 5):
+            rules[f"{signal} {level:g} p{p}"] = lambda s=signal, v=level, p=p: LayerSignalStopRule(
+                v, p, start, signal=s
+            )
+    for p in (3, 5):
+        rules[f"traps+rebound p{p}"] = lambda p=p: AllOfStopRule(
+            math.nan,
+            1,
+            start,
+            parts=(TrapStopRule(1, p, start), ReboundStopRule(0.2, p, start)),
+        )
+        rules[f"traps+alpha<2 p{p}"] = lambda p=p: TrapAlphaStopRule(2.0, p, start)
+        rules[f"rebound+lmax p{p}"] = lambda p=p: AllOfStopRule(
+            math.nan,
+            1,
+            start,
+            parts=(
+                ReboundStopRule(0.2, p, start),
+                LayerSignalStopRule(2, p, start, signal="lambda_max", growth=True),
+            ),
+        )
+        rules[f"new_traps+rebound p{p}"] = lambda p=p: AllOfStopRule(
+            math.nan,
+            1,
+            start,
+            parts=(TrapStopRule(1, p, start, new=True), ReboundStopRule(0.2, p, start)),
+        )
+    return rules
+
+
+def to_reading(check: dict[str, Any], fields: list[str]) -> Reading:
+    layers = []
+    for values in check["layers"]:
+        row = dict(zip(fields, values, strict=True))
+        layers.append(
+            LayerReading(
+                row["name"],
+                row["alpha"],
+                row["alpha_lo"],
+                row["alpha_hi"],
+                bool(row["reliable"]),
+                row["lambda_max"],
+                int(row["num_traps"]),
+                row["trap_excess"],
+                row["mean_shift"],
+                row["max_ratio"],
+                row["kurtosis"],
+            )
+        )
+    return Reading(check["step"], check["alpha_mean"], check["alpha_min"], tuple(layers))
+
+
+def replay(rule: StopRule, readings: list[Reading]) -> int | None:
+    """The step at which ``rule`` stops the recorded run, or None."""
+    for reading in readings:
+        if rule.update(reading):
+            return reading.step
+    return None
+
+
+def replay_early_stopping(checks: list[dict[str, Any]], patience: int = 5) -> int | None:
+    """Lightning's EarlyStopping(monitor="val_loss", mode="min", patience, min_delta=0)."""
+    best, wait = math.inf, 0
+    for check in checks:
+        if check["val_loss"] < best:
+            best, wait = check["val_loss"], 0
+        else:
+            wait += 1
+            if wait >= patience:
+                return int(check["step"])
+    return None
+
+
+def overfit_onset(accs: list[float]) -> tuple[int, int | None]:
+    """(index of the peak, index of the over-fitting onset or None): the onset is the first
+    reading after the peak from which every accuracy to the end is <= peak - DROP_MARGIN, with at
+    least MIN_CHECKS_AFTER readings from it to the end."""
+    peak = int(np.argmax(accs))
+    level = accs[peak] - DROP_MARGIN
+    onset = None
+    for i in range(len(accs) - 1, peak, -1):
+        if accs[i] > level:
+            break
+        onset = i
+    if onset is not None and len(accs) - onset < MIN_CHECKS_AFTER:
+        onset = None
+    return peak, onset
+
+
+def evaluate_run(run: dict[str, Any]) -> dict[str, Any]:
+    checks = run["checks"]
+    accs = [c["val_acc"] for c in checks]
+    steps = [c["step"] for c in checks]
+    peak, onset = overfit_onset(accs)
+    readings = [to_reading(c, run["layer_fields"]) for c in checks]
+    start = 10 * run["check_every"]
+    stops = {name: replay(make(), readings) for name, make in candidate_rules(start).items()}
+    stops["es_val_loss"] = replay_early_stopping(checks)
+    by_step = dict(zip(steps, accs, strict=True))
+    return {
+        "set": run["set"],
+        "config": run["config"],
+        "seed": run["seed"],
+        "group": "overfit" if onset is not None else "healthy",
+        "peak_step": steps[peak],
+        "peak_acc": accs[peak],
+        "onset_step": None if onset is None else steps[onset],
+        "final_acc": accs[-1],
+        "stops": stops,
+        "acc_at_stop": {k: (by_step[s] if s is not None else accs[-1]) for k, s in stops.items()},
+    }
+
+
+def summarise(evals: list[dict[str, Any]], rules: list[str]) -> dict[str, dict[str, Any]]:
+    summary = {}
+    healthy = [e for e in evals if e["group"] == "healthy"]
+    over = [e for e in evals if e["group"] == "overfit"]
+    for rule in rules:
+        stopped = [e for e in over if e["stops"][rule] is not None]
+        good = [e for e in stopped if e["acc_at_stop"][rule] >= e["peak_acc"] - DROP_MARGIN]
+        lost = [e["peak_acc"] - e["acc_at_stop"][rule] for e in over]
+        gained = [e["acc_at_stop"][rule] - e["final_acc"] for e in stopped]
+        delay = [e["stops"][rule] - e["peak_step"] for e in stopped]
+        summary[rule] = {
+            "healthy_stops": sum(e["stops"][rule] is not None for e in healthy),
+            "healthy_runs": len(healthy),
+            "over_stops": len(stopped),
+            "over_runs": len(over),
+            "good_stops": len(good),
+            "median_lost": statistics.median(lost) if lost else math.nan,
+            "median_gain_over_end": statistics.median(gained) if gained else math.nan,
+            "median_after_peak": statistics.median(delay) if delay else math.nan,
+        }
+    return summary
+
+
+def choose(summary: dict[str, dict[str, Any]]) -> tuple[str, bool]:
+    """The protocol's winner on the development summary, and whether it qualified."""
+    candidates = [r for r in summary if r not in COMPARISONS]
+    order = {r: i for i, r in enumerate(candidates)}
+
+    def key(r: str) -> tuple[float, ...]:
+        s = summary[r]
+        lost = s["median_lost"]
+        return (
+            -s["over_stops"],
+            -s["good_stops"],
+            math.inf if math.isnan(lost) else lost,
+            order[r],
+        )
+
+    qualifying = [r for r in candidates if summary[r]["healthy_stops"] == 0]
+    if qualifying:
+        return min(qualifying, key=key), True
+    fewest = min(summary[r]["healthy_stops"] for r in candidates)
+    return min((r for r in candidates if summary[r]["healthy_stops"] == fewest), key=key), False
+
+
+def first_step(checks: list[dict[str, Any]], fields: list[str], test: Callable) -> int | None:
+    for check in checks:
+        rows = [dict(zip(fields, v, strict=True)) for v in check["layers"]]
+        if test(check, rows):
+            return int(check["step"])
+    return None
+
+
+def antigrok_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """When alpha < 2 and traps appear, against the over-fitting onset, per anti-grokking run."""
+    out = []
+    for run in runs:
+        if run["config"] != "antigrok":
+            continue
+        checks, fields = run["checks"], run["layer_fields"]
+        accs = [c["val_acc"] for c in checks]
+        peak, onset = overfit_onset(accs)
+        out.append(
+            {
+                "seed": run["seed"],
+                "peak": (checks[peak]["step"], accs[peak]),
+                "final_acc": accs[-1],
+                "onset": None if onset is None else checks[onset]["step"],
+                "layer_alpha<2": first_step(
+                    checks,
+                    fields,
+                    lambda c, rows: any(r["reliable"] and r["alpha"] < 2 for r in rows),
+                ),
+                "alpha_mean<2": first_step(checks, fields, lambda c, rows: c["alpha_mean"] < 2),
+                "trap": first_step(
+                    checks, fields, lambda c, rows: any(r["num_traps"] for r in rows)
+                ),
+                "trap_reliable": first_step(
+                    checks,
+                    fields,
+                    lambda c, rows: any(r["num_traps"] and r["reliable"] for r in rows),
+                ),
+            }
+        )
+    return out
+
+
+def fmt(x: Any) -> str:
+    if x is None:
+        return "—"
+    if isinstance(x, float):
+        return "nan" if math.isnan(x) else f"{x:.3f}"
+    return str(x)
+
+
+def side_by_side(
+    dev: dict[str, dict[str, Any]], held: dict[str, dict[str, Any]], rules: list[str]
+) -> str:
+    head = (
+        "| rule | dev: healthy stopped | dev: over-fitting stopped (good) | dev: median acc. lost "
+        "| held-out: healthy stopped | held-out: over-fitting stopped (good) | held-out: median "
+        "acc. lost | held-out: median acc. at stop − end | held-out: median steps after peak |"
+    )
+    lines = [head, "|---" * 9 + "|"]
+    for r in rules:
+        d, h = dev[r], held[r]
+        lines.append(
+            f"| `{r}` | {d['healthy_stops']}/{d['healthy_runs']} | {d['over_stops']}/"
+            f"{d['over_runs']} ({d['good_stops']}) | {fmt(d['median_lost'])} | "
+            f"{h['healthy_stops']}/{h['healthy_runs']} | {h['over_stops']}/{h['over_runs']} "
+            f"({h['good_stops']}) | {fmt(h['median_lost'])} | {fmt(h['median_gain_over_end'])} | "
+            f"{fmt(h['median_after_peak'])} |"
+        )
+    return "\n".join(lines)
+
+
+def per_run(evals: list[dict[str, Any]], rules: list[str]) -> str:
+    lines = [
+        "| run | group | peak step (acc.) | onset | final | "
+        + " | ".join(f"`{r}` stop (acc.)" for r in rules)
+        + " |",
+        "|---" * (5 + len(rules)) + "|",
+    ]
+    for e in evals:
+        cells = [
+            f"{e['config']} s{e['seed']}",
+            e["group"],
+            f"{e['peak_step']} ({e['peak_acc']:.3f})",
+            fmt(e["onset_step"]),
+            f"{e['final_acc']:.3f}",
+        ]
+        for r in rules:
+            s = e["stops"][r]
+            cells.append("—" if s is None else f"{s} ({e['acc_at_stop'][r]:.3f})")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def load_runs(directory: Path) -> list[dict[str, Any]]:
+    """Every recorded run, once per (set, configuration, seed) (record files may overlap when a
+    seed was recorded by two processes), in set, configuration and seed order."""
+    runs: dict[tuple[str, str, int], dict[str, Any]] = {}
+    for path in sorted(directory.glob("stop_study_v2_*_s*.json")):
+        for run in json.loads(path.read_text())["runs"]:
+            runs.setdefault((run["set"], run["config"], run["seed"]), run)
+    order = {c.name: i for i, c in enumerate([*configs(), *heldout_configs()])}
+    return sorted(runs.values(), key=lambda r: (r["set"], order[r["config"]], r["seed"]))
+
+
+def report(directory: Path, out_stem: Path) -> dict[str, Any]:
+    runs = load_runs(directory)
+    evals = [evaluate_run(r) for r in runs]
+    rules = [*candidate_rules(500), *COMPARISONS]
+    dev = [e for e in evals if e["set"] == "dev"]
+    held = [e for e in evals if e["set"] == "heldout"]
+    dev_summary, held_summary = summarise(dev, rules), summarise(held, rules)
+    chosen, qualified = choose(dev_summary)
+    shown = [chosen, "drop", "es_val_loss"]
+    antigrok = antigrok_rows(runs)
+    text = [
+        "# Stop study v2 (`benchmarks/stop_study_v2.py --replay`)",
+        "",
+        f"Runs: {len(dev)} development ({sum(e['group'] == 'overfit' for e in dev)} over-fitting "
+        f"by the held-out-accuracy definition), {len(held)} held-out "
+        f"({sum(e['group'] == 'overfit' for e in held)} over-fitting).",
+        "",
+        f"Chosen on development: `{chosen}`"
+        + ("" if qualified else " (no candidate had zero healthy stops; the fewest)"),
+        "",
+        "## Every candidate, development and held-out side by side",
+        "",
+        side_by_side(dev_summary, held_summary, rules),
+        "",
+        "## Held-out runs",
+        "",
+        per_run(held, shown),
+        "",
+        "## Development runs",
+        "",
+        per_run(dev, shown),
+        "",
+        "## Anti-grokking: first step of each sign against the over-fitting onset",
+        "",
+        "| seed | peak step (acc.) | onset | final acc. | reliable layer alpha < 2 "
+        "| alpha_mean < 2 | a trap (any layer) | a trap (reliable layer) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for a in antigrok:
+        text.append(
+            f"| {a['seed']} | {a['peak'][0]} ({a['peak'][1]:.3f}) | {fmt(a['onset'])} | "
+            f"{a['final_acc']:.3f} | {fmt(a['layer_alpha<2'])} | {fmt(a['alpha_mean<2'])} | "
+            f"{fmt(a['trap'])} | {fmt(a['trap_reliable'])} |"
+        )
+    out = {
+        "chosen": chosen,
+        "qualified": qualified,
+        "dev": dev_summary,
+        "heldout": held_summary,
+        "antigrok": antigrok,
+        "evals": evals,
+    }
+    out_stem.with_suffix(".md").write_text("\n".join(text) + "\n")
+    out_stem.with_suffix(".json").write_text(json.dumps(out, indent=1))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=("dev", "heldout"), help="record this set")
+    parser.add_argument("--replay", action="store_true", help="rules replayed on the records")
     parser.add_argument("--seeds", default="0,1", help="comma-separated seeds to record")
     parser.add_argument("--only", help="record only configurations whose name contains this")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     if args.part:
         seeds = [int(x) for x in args.seeds.split(",")]
-        name = f"stop_study_v2_{args.part}_s{''.join(map(str, seeds))}.json"
+        only = f"_{args.only}" if args.only else ""
+        name = f"stop_study_v2_{args.part}_s{''.join(map(str, seeds))}{only}.json"
         record(args.part, seeds, ROOT / "benchmarks" / "stop_study_v2_runs" / name, args.only)
+    if args.replay:
+        out = report(
+            ROOT / "benchmarks" / "stop_study_v2_runs", ROOT / "benchmarks" / "stop_study_v2"
+        )
+        print((ROOT / "benchmarks" / "stop_study_v2.md").read_text())
+        print(f"chosen: {out['chosen']}", file=sys.stderr)
     return 0
 
 
