@@ -59,7 +59,9 @@ ran at load average 18 on its 2 cores, giving each recording process ~6 % of a c
 protocol above cannot finish in its 45-minute budget. Cuts, decided from run times alone:
 ``antigrok`` runs 30,000 steps with a reading every 500 (not 100,000 / 1,000), recorded by its own
 process; development seed 1 is recorded only as far as time allows (its separate process was
-stopped after 3 configurations); every run recorded by 14:10 UTC is used, and the tables say
+stopped after 3 configurations); at 13:15 the development set's seed-0 runs of the 7
+over-regularising-by-design configurations got a process of their own (the first process was
+held up by the char transformer); every run recorded by 14:10 UTC is used, and the tables say
 which runs exist. Nothing else changes (definitions, candidates, selection).
 
 Held-out accuracy is on 2,000 Fashion-MNIST test images (clean labels), 64 held-out sequences
@@ -465,7 +467,7 @@ def record(part: str, seeds: list[int], out: Path, only: str | None) -> None:
     runs: list[dict[str, Any]] = []
     for seed in seeds:
         for config, every, loss_kind in todo:
-            if only and only not in config.name:
+            if only and not any(part in config.name for part in only.split(",")):
                 continue
             run = train(config, seed, every, loss_kind)
             if run is None:
@@ -850,7 +852,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     if args.part:
         seeds = [int(x) for x in args.seeds.split(",")]
-        only = f"_{args.only}" if args.only else ""
+        only = f"_{args.only.replace(',', '+')}" if args.only else ""
         name = f"stop_study_v2_{args.part}_s{''.join(map(str, seeds))}{only}.json"
         record(args.part, seeds, ROOT / "benchmarks" / "stop_study_v2_runs" / name, args.only)
     if args.replay:
