@@ -13,7 +13,7 @@ import math
 import time
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -39,6 +39,20 @@ from spectral_monitor.spectra.eigen import EigenError, batched_eigenvalues, peak
 from spectral_monitor.spectra.metrics import layer_metrics, verdict
 from spectral_monitor.spectra.powerlaw_fit import PowerLawFit, fit_power_law_table, fit_work_bytes
 from spectral_monitor.spectra.reliability import degenerate_reason, unreliable_reason
+from spectral_monitor.spectra.spikes import (
+    EntryStats,
+    entry_stats_batch,
+    erg_gap,
+    num_above,
+    spike_threshold,
+)
+from spectral_monitor.spectra.traps import (
+    Traps,
+    layer_seed,
+    shuffled_eigenvalues,
+    trap_signals,
+    trap_work_bytes,
+)
 from spectral_monitor.weights.layers import (
     LayerFilter,
     left_out_message,
@@ -92,15 +106,27 @@ def _check_sizes(snapshot: list[LayerSnapshot], config: AnalysisConfig) -> list[
     return rows
 
 
+@dataclass(frozen=True)
+class _Solved:
+    """One layer whose eigenvalues were computed: its row index, sorted eigenvalues in the
+    report's convention (on the compute device), the matrix stack they came from and the factor
+    that took raw eigenvalues of WᵀW to the report's convention."""
+
+    index: int
+    evals: torch.Tensor
+    stack: torch.Tensor
+    scale: float
+
+
 def _spectra(
     todo: list[tuple[int, LayerSnapshot]], config: AnalysisConfig, rows: list[LayerSpectrum]
-) -> tuple[list[tuple[int, torch.Tensor]], list[torch.Tensor]]:
+) -> tuple[list[_Solved], list[torch.Tensor]]:
     """Sorted eigenvalues per layer in the report's convention (on the compute device), and the
     matrix stacks they came from (for the memory account); solver failures mark rows skipped."""
     stacks = [weight_matrices(snap.weight, config.conv2d) for _, snap in todo]  # type: ignore[arg-type]
     spectra = batched_eigenvalues(stacks, config.precision)
     problems = _weight_problems(spectra)
-    good: list[tuple[int, torch.Tensor]] = []
+    good: list[_Solved] = []
     for (k, snap), stack, evals, problem in zip(todo, stacks, spectra, problems, strict=True):
         if isinstance(evals, EigenError):
             rows[k].skipped = f"eigensolver failed: {evals}"
@@ -112,8 +138,34 @@ def _spectra(
         if config.normalize:
             scale /= snap.shape[0]
         rows[k].Q = stack.shape[1] / stack.shape[2]
-        good.append((k, torch.sort(evals.reshape(-1) * scale).values))
+        good.append(_Solved(k, torch.sort(evals.reshape(-1) * scale).values, stack, scale))
     return good, stacks
+
+
+def _traps(
+    good: list[_Solved], stats: list[EntryStats], rows: list[LayerSpectrum], config: AnalysisConfig
+) -> list[Traps]:
+    """Correlation traps per solved layer (:mod:`~..spectra.traps`), or
+    :meth:`Traps.none` for all when ``config.traps`` is off. Each layer's shuffle is seeded from
+    ``config.trap_seed`` and its name; the shuffled eigenvalues come to the host in one
+    transfer."""
+    if not config.traps or not good:
+        return [Traps.none() for _ in good]
+    seeds = [layer_seed(config.trap_seed, rows[s.index].name) for s in good]
+    solved = shuffled_eigenvalues([s.stack for s in good], seeds, config.precision)
+    found = [e for e in solved if isinstance(e, torch.Tensor)]
+    device = found[0].device if found else torch.device("cpu")
+    host = torch.cat([e.to(device).reshape(-1) for e in found]).cpu() if found else None
+    out: list[Traps] = []
+    start = 0
+    for s, st, evals in zip(good, stats, solved, strict=True):
+        if not isinstance(evals, torch.Tensor) or host is None:
+            out.append(Traps.none())
+            continue
+        part = host[start : start + evals.numel()].numpy()
+        start += evals.numel()
+        out.append(trap_signals(part, st.variance, s.stack.shape[1], s.stack.shape[2]))
+    return out
 
 
 def _fit_on_host(
@@ -134,9 +186,15 @@ def _fit_on_host(
 
 
 def _finish_row(
-    row: LayerSpectrum, evals: np.ndarray, fit: PowerLawFit, config: AnalysisConfig
+    row: LayerSpectrum,
+    evals: np.ndarray,
+    fit: PowerLawFit,
+    config: AnalysisConfig,
+    solved: _Solved,
+    stats: EntryStats,
+    traps: Traps,
 ) -> LayerSpectrum:
-    """The row with its spectrum, metrics, reliability and verdict."""
+    """The row with its spectrum, metrics, signals beyond alpha, reliability and verdict."""
     reason: str | None
     if not fit.ok:
         reason = f"no power-law fit: {fit.reason}"
@@ -145,9 +203,20 @@ def _finish_row(
     if reason is not None:  # a skipped layer has no alpha, never a fake one
         fit = PowerLawFit.failed(reason, fit.num_values)
     row = replace(row, **asdict(layer_metrics(evals, fit)), evals=evals, num_evals=evals.size)
+    # The spike threshold is in raw units (WᵀW); the eigenvalues here carry the report's scale,
+    # so the threshold is brought to the same convention before counting.
+    _count, rows, cols = solved.stack.shape
+    threshold = spike_threshold(stats.variance, rows, cols) * solved.scale
+    row.num_spikes = num_above(evals, threshold) if math.isfinite(threshold) else -1
+    row.num_traps = traps.num_traps
+    row.trap_excess = traps.trap_excess
+    row.mean_shift_ratio = stats.mean_shift_ratio
+    row.max_entry_ratio = stats.max_ratio
+    row.excess_kurtosis = stats.excess_kurtosis
     if reason is not None:
         row.skipped = reason
         return row
+    row.erg_gap = erg_gap(evals, row.n_tail)
     row.unreliable_reason = unreliable_reason(
         fit.num_values,
         row.n_tail,
@@ -159,7 +228,15 @@ def _finish_row(
         config.max_relative_width,
     )
     row.reliable = row.unreliable_reason is None
-    row.verdict = verdict(row.alpha, row.reliable)
+    row.verdict = verdict(
+        row.alpha,
+        row.reliable,
+        alpha_lo=row.alpha_lo,
+        alpha_hi=row.alpha_hi,
+        num_spikes=row.num_spikes,
+        num_traps=row.num_traps,
+        enough_evals=fit.num_values >= config.min_evals,
+    )
     return row
 
 
@@ -169,7 +246,9 @@ def analyze_snapshot(
     """Spectra, fits and metrics for a snapshot. Pure: reads only the snapshot.
 
     Steps: size check → eigenvalues (batched by shape) → weight check on them (NaN/Inf, all
-    zeros) → fits and one transfer to the host → metrics, reliability and verdict per layer. A
+    zeros) → entry statistics and, with ``config.traps``, eigenvalues of the shuffled weights →
+    fits and one transfer to the host → metrics, spikes, traps, ERG gap, reliability and
+    verdict per layer. A
     layer that cannot be analysed (no eigenvalue to fit, NaN/Inf or all-zero weights, solver
     failure, no valid fit, a degenerate tail) is kept in the report with ``skipped`` set to the
     reason; a fitted layer that cannot be trusted is kept with ``reliable=False`` and its reason.
@@ -184,15 +263,18 @@ def analyze_snapshot(
     rows = _check_sizes(snapshot, config)
     todo = [(k, snap) for k, snap in enumerate(snapshot) if rows[k].skipped is None]
     good, stacks = _spectra(todo, config, rows)
-    evals_host, fits, fit_bytes = _fit_on_host([evals for _, evals in good], config)
-    for (k, _), evals, fit in zip(good, evals_host, fits, strict=True):
-        rows[k] = _finish_row(rows[k], evals, fit, config)
+    stats = entry_stats_batch([s.stack for s in good])
+    traps = _traps(good, stats, rows, config)
+    evals_host, fits, fit_bytes = _fit_on_host([s.evals for s in good], config)
+    for solved, evals, fit, st, tr in zip(good, evals_host, fits, stats, traps, strict=True):
+        rows[solved.index] = _finish_row(rows[solved.index], evals, fit, config, solved, st, tr)
     for row in rows:  # every skipped layer, whichever step skipped it, says why it is untrusted
         if row.skipped is not None:
             row.unreliable_reason = row.skipped
-    memory = sum(snap.nbytes for snap in snapshot) + max(
-        peak_work_bytes(stacks, config.precision), fit_bytes
-    )
+    solver_bytes = peak_work_bytes(stacks, config.precision)
+    if config.traps:  # shuffled copies are held while their eigenvalues are solved
+        solver_bytes += trap_work_bytes([s.stack for s in good])
+    memory = sum(snap.nbytes for snap in snapshot) + max(solver_bytes, fit_bytes)
     return SpectralReport(
         layers=rows,
         conv2d=config.conv2d,
@@ -226,6 +308,8 @@ def analyze(
     kinds: str | Sequence[str] | None = None,
     lora: str = "effective",
     base: nn.Module | Mapping[str, torch.Tensor] | None = None,
+    traps: bool = False,
+    trap_seed: int = 0,
 ) -> SpectralReport:
     """Analyse every layer of a model (Linear, attention, convolutions, RNNs; see README
     "Layer kinds"): ESD, power-law fit and HT-SR metrics.
@@ -265,6 +349,10 @@ def analyze(
             frozen ``"base"`` W.
         base: a base model (module or state dict): analyse each layer's change W − W_base
             (the fine-tuning delta), matched by layer name.
+        traps: also count correlation traps: eigenvalues of each layer's element-wise shuffled
+            weight above its Marchenko–Pastur edge (one more eigensolve per layer; see
+            docs/guide/signals.md). False: ``num_traps`` is -1 and ``trap_excess`` NaN.
+        trap_seed: seed of the shuffles (each layer's is derived from it and the layer's name).
 
     Weights with >= 2 dims and >= 4,096 elements that no layer kind covers are named in one
     warning.

@@ -68,6 +68,9 @@ class AnalysisConfig:
             kind but ``"embedding"``.
         lora: a peft LoRA layer as its ``"effective"`` weight W + scale·B·A, its ``"adapter"``
             scale·B·A, or its frozen ``"base"`` W.
+        traps: count correlation traps (eigenvalues of the element-wise shuffled weight above
+            its Marchenko–Pastur edge): one more eigensolve per layer.
+        trap_seed: seed of the shuffles; each layer's is derived from it and the layer's name.
     """
 
     layers: tuple[LayerFilterItem, ...] | None = None
@@ -82,6 +85,8 @@ class AnalysisConfig:
     fit: FitOptions = field(default_factory=FitOptions)
     kinds: tuple[str, ...] | None = None
     lora: LoraMode = "effective"
+    traps: bool = False
+    trap_seed: int = 0
 
     @property
     def conv2d(self) -> ConvMode:
@@ -110,6 +115,8 @@ class AnalysisConfig:
         n_boot: int = 100,
         fingers: str | None = None,
         xmin_position: float = 2.0,
+        traps: bool = False,
+        trap_seed: int = 0,
     ) -> AnalysisConfig:
         """Validate user arguments and build a config (the fit's options: see
         :func:`spectral_monitor.spectra.powerlaw_fit.fit_power_law`). ``conv2d`` is ``conv``'s
@@ -127,6 +134,9 @@ class AnalysisConfig:
         if max_relative_width is not None:
             max_relative_width = check_number("max_relative_width", max_relative_width, above=0.0)
         check_choice("precision", precision, PRECISIONS)
+        if not isinstance(traps, bool):
+            raise ValueError(f"traps must be a bool, got {traps!r}")
+        check_int("trap_seed", trap_seed, 0)
         if device is not None:
             try:
                 device = torch.device(device)
@@ -144,6 +154,8 @@ class AnalysisConfig:
             device=device,
             kinds=normalize_kinds(kinds),
             lora=lora,  # type: ignore[arg-type]
+            traps=traps,
+            trap_seed=trap_seed,
             fit=FitOptions.create(
                 estimator=estimator,
                 xmin_position=xmin_position,

@@ -13,12 +13,65 @@ import numpy as np
 
 from spectral_monitor.analysis.report import SpectralReport
 
-__all__ = ["AGGREGATE_KEYS", "SpectralHistory"]
+__all__ = [
+    "AGGREGATE_KEYS",
+    "LAYER_KEYS",
+    "SIGNAL_KEYS",
+    "SpectralHistory",
+    "log_growth",
+    "rebound",
+]
 
 #: Aggregates kept per analysis (see SpectralReport.aggregates).
 AGGREGATE_KEYS = ("alpha_mean", "alpha_hat", "alpha_min", "frac_alpha_below_2", "num_reliable")
+#: Per-layer signals beyond alpha kept per analysis (see docs/guide/signals.md).
+SIGNAL_KEYS = ("num_spikes", "num_traps", "trap_excess", "erg_gap")
 #: Per-layer series kept per analysis.
-LAYER_KEYS = ("alpha", "alpha_lo", "alpha_hi", "reliable", "lambda_max")
+LAYER_KEYS = ("alpha", "alpha_lo", "alpha_hi", "reliable", "lambda_max", *SIGNAL_KEYS)
+#: Columns of :meth:`SpectralHistory.to_rows` / ``to_csv``.
+ROW_KEYS = ("step", "layer", "alpha", "lambda_max", *SIGNAL_KEYS)
+
+
+def rebound(values: np.ndarray | list[float]) -> np.ndarray:
+    """How far a series stands above its running minimum: r_t = x_t − min_{s<=t} x_s.
+
+    The trajectory signal of label-noise runs: their alpha_mean falls to a minimum and climbs
+    back while held-out accuracy falls (README "Stopping"). NaN entries (a layer without an
+    alpha at that analysis) stay NaN and do not enter the minimum; before the first finite value
+    the result is NaN.
+
+    Args:
+        values: (num_steps,) one value per analysis, in step order (alpha of one layer,
+            ``alpha_mean``, ...).
+
+    Returns:
+        (num_steps,) float64, >= 0 where finite, in the units of ``values``.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    running = np.fmin.accumulate(np.where(np.isfinite(x), x, np.nan)) if x.size else x
+    return x - running
+
+
+def log_growth(values: np.ndarray | list[float]) -> np.ndarray:
+    """ln(x_t / x_first): growth of a positive series (λmax of a layer) since its first finite
+    positive value, scale-free (the same in every eigenvalue convention). NaN before that value
+    and where x_t is not finite and positive.
+
+    Args:
+        values: (num_steps,) one value per analysis, in step order.
+
+    Returns:
+        (num_steps,) float64; ln 2 ≈ 0.69 where λmax has doubled.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    ok = np.isfinite(x) & (x > 0)
+    out = np.full(x.shape, np.nan)
+    if not ok.any():
+        return out
+    first = int(np.flatnonzero(ok)[0])
+    out[ok] = np.log(x[ok] / x[first])
+    out[:first] = np.nan
+    return out
 
 
 @dataclass
@@ -27,8 +80,9 @@ class SpectralHistory:
 
     Attributes:
         layers: ``{layer: {"step": [...], "alpha": [...], "alpha_lo": [...], "alpha_hi": [...],
-            "reliable": [...] (1.0/0.0), "lambda_max": [...]}}``; a skipped layer's alpha is
-            NaN at that step.
+            "reliable": [...] (1.0/0.0), "lambda_max": [...], "num_spikes": [...],
+            "num_traps": [...], "trap_excess": [...], "erg_gap": [...]}}``; a skipped layer's
+            alpha is NaN at that step; a count not computed is -1.
         aggregates: ``{"step": [...], "alpha_mean": [...], ...}`` one entry per analysis.
     """
 
@@ -103,14 +157,29 @@ class SpectralHistory:
                     matrix[i, column[int(step)]] = value
         return names, steps, matrix
 
+    def rebound(self, layer: str | None = None) -> tuple[list[int], np.ndarray]:
+        """(steps, :func:`rebound` of ``alpha_mean``), or of one layer's alpha."""
+        if layer is None:
+            return self.steps, rebound(self.aggregates["alpha_mean"])
+        track = self.layers[layer]
+        return [int(s) for s in track["step"]], rebound(track["alpha"])
+
+    def lambda_max_growth(self, layer: str) -> tuple[list[int], np.ndarray]:
+        """(steps, :func:`log_growth` of the layer's λmax): ln(λmax_t / λmax_first)."""
+        track = self.layers[layer]
+        return [int(s) for s in track["step"]], log_growth(track["lambda_max"])
+
     def to_rows(self) -> list[dict[str, Any]]:
-        """One row per (step, layer): step, layer, alpha, lambda_max."""
+        """One row per (step, layer): :data:`ROW_KEYS` (step, layer, alpha, lambda_max and the
+        signals; NaN for a signal a history restored from before it existed lacks)."""
         rows: list[dict[str, Any]] = []
         for name, track in self.layers.items():
-            for step, alpha, lam in zip(
-                track["step"], track["alpha"], track["lambda_max"], strict=True
-            ):
-                rows.append({"step": int(step), "layer": name, "alpha": alpha, "lambda_max": lam})
+            count = len(track["step"])
+            series = {key: track.get(key, [math.nan] * count) for key in ROW_KEYS[2:]}
+            for i, step in enumerate(track["step"]):
+                row: dict[str, Any] = {"step": int(step), "layer": name}
+                row.update({key: values[i] for key, values in series.items()})
+                rows.append(row)
         rows.sort(key=lambda r: int(r["step"]))
         return rows
 
@@ -118,7 +187,7 @@ class SpectralHistory:
         """Write :meth:`to_rows` as CSV; returns the path."""
         path = Path(path)
         with path.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=["step", "layer", "alpha", "lambda_max"])
+            writer = csv.DictWriter(handle, fieldnames=list(ROW_KEYS))
             writer.writeheader()
             writer.writerows(self.to_rows())
         return path

@@ -58,6 +58,8 @@ def monitor_options(
     conv: str = "flatten",
     kinds: str | list[str] | None = None,
     lora: str = "effective",
+    traps: bool = False,
+    trap_seed: int = 0,
 ) -> dict[str, Any]:
     """The options as a dict (validation is the tracker's, at construction).
 
@@ -124,7 +126,11 @@ def monitor_options(
             ``"conv3d"``, ``"rnn"``, ``"embedding"``, registered kinds, or ``"all"``); None: all
             but embeddings. See README "Layer kinds".
         lora: a peft LoRA layer as its ``"effective"`` weight W + scale·B·A, its ``"adapter"``
-            scale·B·A, or its frozen ``"base"`` W."""
+            scale·B·A, or its frozen ``"base"`` W.
+        traps: count correlation traps per layer (eigenvalues of the element-wise shuffled
+            weight above its Marchenko–Pastur edge; one more eigensolve per layer). False:
+            ``num_traps`` is -1. See docs/guide/signals.md.
+        trap_seed: seed of the shuffles (each layer's is derived from it and its name)."""
     return dict(locals())
 
 

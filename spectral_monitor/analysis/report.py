@@ -16,7 +16,10 @@ from spectral_monitor.spectra.metrics import aggregate_metrics
 from spectral_monitor.spectra.powerlaw_fit import PowerLawFit
 from spectral_monitor.weights.module_types import alpha_by_type
 
-__all__ = ["ROW_FIELDS", "LayerSpectrum", "SpectralReport"]
+__all__ = ["ROW_FIELDS", "SIGNAL_SCALARS", "LayerSpectrum", "SpectralReport"]
+
+#: Per-layer signals beyond alpha logged as scalars (``{prefix}/<signal>/<layer>``).
+SIGNAL_SCALARS = ("num_spikes", "num_traps", "trap_excess", "erg_gap")
 
 
 @dataclass
@@ -31,6 +34,13 @@ class LayerSpectrum:
     whether the fit can be trusted (:mod:`spectral_monitor.spectra.reliability`); when it is False,
     ``unreliable_reason`` says why (for a skipped layer, the skip reason), ``verdict`` is
     ``"unreliable"`` and the layer enters no aggregate. Its alpha is still reported: it is data.
+
+    Signals beyond alpha (docs/guide/signals.md): ``num_spikes`` (eigenvalues above the
+    Marchenko–Pastur edge of the entries' variance plus a Tracy–Widom margin), ``num_traps`` and
+    ``trap_excess`` (the same for the element-wise shuffled weight; -1/NaN when traps are off),
+    the entry statistics that predict traps (``mean_shift_ratio`` = |mean|·(rows·cols)^¼/std,
+    ``max_entry_ratio`` = max|w|/std, ``excess_kurtosis``) and SETOL's ``erg_gap``. Integer
+    signals are -1 when not computed.
     """
 
     name: str
@@ -54,6 +64,13 @@ class LayerSpectrum:
     log_norm: float = math.nan
     log_alpha_norm: float = math.nan
     stable_rank: float = math.nan
+    num_spikes: int = -1
+    num_traps: int = -1
+    trap_excess: float = math.nan
+    mean_shift_ratio: float = math.nan
+    max_entry_ratio: float = math.nan
+    excess_kurtosis: float = math.nan
+    erg_gap: float = math.nan
     verdict: str = "skipped"
     skipped: str | None = None
     evals: np.ndarray | None = field(default=None, repr=False, compare=False)
@@ -156,6 +173,8 @@ class SpectralReport:
         - ``{prefix}/alpha/<layer>``, ``{prefix}/alpha_lo/<layer>``, ``{prefix}/alpha_hi/<layer>``
           (the interval) and ``{prefix}/lambda_max/<layer>`` for every fitted layer, reliable or
           not (its alpha is data);
+        - ``{prefix}/num_spikes/<layer>``, ``num_traps``, ``trap_excess``, ``erg_gap`` for every
+          layer where they were computed (:data:`SIGNAL_SCALARS`);
         - over reliable layers only: ``{prefix}/alpha_mean``, ``alpha_min``, ``alpha_hat``,
           ``frac_alpha_below_2``, and ``{prefix}/num_reliable``;
         - ``{prefix}/alpha_mean_minus_std``, ``alpha_mean_plus_std``: alpha_mean ± the standard
@@ -172,6 +191,11 @@ class SpectralReport:
             out[f"{prefix}/alpha_lo/{la.name}"] = float(la.alpha_lo)
             out[f"{prefix}/alpha_hi/{la.name}"] = float(la.alpha_hi)
             out[f"{prefix}/lambda_max/{la.name}"] = float(la.lambda_max)
+        for la in self.layers:
+            for key in SIGNAL_SCALARS:
+                value = float(getattr(la, key))
+                if not (key in ("num_spikes", "num_traps") and value < 0):
+                    out[f"{prefix}/{key}/{la.name}"] = value
         agg = self.aggregates
         for key in ("alpha_mean", "alpha_min", "alpha_hat", "frac_alpha_below_2", "num_reliable"):
             out[f"{prefix}/{key}"] = float(agg[key])
@@ -251,19 +275,21 @@ class SpectralReport:
 
     def format_table(self, width: int = 100) -> str:
         """An aligned text table of the layers and the aggregates, at most ``width`` columns."""
-        header = f"{'layer':<22} {'kind':<7} {'shape':>11} {'alpha':>6} {'interval':>13}"
-        header += f" {'lambda_max':>9} {'tail':>5} {'D':>5}  verdict"
+        # spk/trp: eigenvalues above the MP edge (spikes) and traps of the shuffled weight.
+        header = f"{'layer':<22} {'shape':>11} {'alpha':>6} {'interval':>13}"
+        header += f" {'lambda_max':>9} {'tail':>5} {'D':>5} {'spk':>3} {'trp':>3}  verdict"
         lines = [header, "-" * min(width, len(header) + 13)]
         for la in self.layers:
             name = la.name if len(la.name) <= 22 else "…" + la.name[-21:]
             shape = "x".join(str(s) for s in la.shape)
             if la.skipped is not None:
-                lines.append(f"{name:<22} {la.kind:<7} {shape:>11}  skipped: {la.skipped}")
+                lines.append(f"{name:<22} {shape:>11}  skipped ({la.kind}): {la.skipped}")
                 continue
             interval = f"[{la.alpha_lo:.2f}, {la.alpha_hi:.2f}]"
             lines.append(
-                f"{name:<22} {la.kind:<7} {shape:>11} {la.alpha:>6.3g} {interval:>13}"
-                f" {la.lambda_max:>9.3g} {la.n_tail:>5d} {la.D:>5.3f}  {la.verdict}"
+                f"{name:<22} {shape:>11} {la.alpha:>6.3g} {interval:>13}"
+                f" {la.lambda_max:>9.3g} {la.n_tail:>5d} {la.D:>5.3f}"
+                f" {_count(la.num_spikes):>3} {_count(la.num_traps):>3}  {la.verdict}"
             )
         agg = self.aggregates
         lines.append(
@@ -275,3 +301,8 @@ class SpectralReport:
 
     def __str__(self) -> str:
         return self.format_table()
+
+
+def _count(value: int) -> str:
+    """A count for the table: "–" when it was not computed (-1)."""
+    return "–" if value < 0 else str(value)

@@ -65,6 +65,7 @@ def custom_scalar_layout(
     """The custom-scalars layout: one category per prefix, each with the charts "alpha — all
     layers", "λmax — all layers", "alpha_mean and alpha_min" (with ``<prefix>/stop_threshold``
     when a threshold is set), "alpha_hat" alone (its scale, alpha · ln λmax, differs), the
+    chart "spikes and traps — all layers" (docs/guide/signals.md), the
     margin chart "alpha_mean ± std over layers", and "alpha by module type" when there are types.
 
     Args:
@@ -86,6 +87,9 @@ def custom_scalar_layout(
             "λmax — all layers": ["Multiline", [rf"^{p}/lambda_max/"]],
             "alpha_mean and alpha_min": ["Multiline", lower],
             "alpha_hat": ["Multiline", [rf"^{p}/alpha_hat$"]],
+            # Signals beyond alpha (docs/guide/signals.md), one curve per layer.
+            # One regex: traps are logged only when the analysis counts them, spikes always.
+            "spikes and traps — all layers": ["Multiline", [rf"^{p}/num_(spikes|traps)/"]],
         }
         if entry.by_type:
             charts["alpha by module type"] = ["Multiline", [rf"^{p}/alpha_by_type/"]]

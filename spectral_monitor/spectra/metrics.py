@@ -17,28 +17,72 @@ from spectral_monitor.spectra.powerlaw_fit import PowerLawFit
 __all__ = [
     "OVER_TRAINED_BELOW",
     "UNDER_TRAINED_ABOVE",
+    "VERDICTS",
     "LayerMetrics",
     "aggregate_metrics",
     "layer_metrics",
     "verdict",
 ]
 
-#: WeightWatcher's thresholds on alpha (Martin & Mahoney): below 2 the layer is over-trained
-#: (over-regularised, very heavy-tailed), above 6 it is under-trained (close to random).
+#: WeightWatcher's thresholds on alpha (Martin & Mahoney): below 2 very heavy-tailed (their
+#: "over-trained"), above 6 close to random (their "under-trained"). Here a threshold alone is
+#: never a verdict: see :func:`verdict`.
 OVER_TRAINED_BELOW = 2.0
 UNDER_TRAINED_ABOVE = 6.0
 
+#: Every label :func:`verdict` gives.
+VERDICTS = (
+    "random-like",
+    "over-trained",
+    "heavy-tailed",
+    "well-trained",
+    "under-trained",
+    "unreliable",
+    "no fit",
+)
 
-def verdict(alpha: float, reliable: bool = True) -> str:
-    """``"over-trained"`` (alpha < 2), ``"under-trained"`` (alpha > 6), ``"well-trained"``;
-    ``"unreliable"`` for a fit that cannot be trusted (see :mod:`.reliability`:
-    never a verdict from a handful of eigenvalues), ``"no fit"`` for a NaN alpha."""
+
+def verdict(
+    alpha: float,
+    reliable: bool = True,
+    *,
+    alpha_lo: float = math.nan,
+    alpha_hi: float = math.nan,
+    num_spikes: int = -1,
+    num_traps: int = -1,
+    enough_evals: bool = True,
+) -> str:
+    """The layer's label, from evidence, checked in this order:
+
+    1. ``"random-like"``: no eigenvalue of the layer's own ESD above its Marchenko–Pastur edge
+       plus the Tracy–Widom 99.9 % margin (``num_spikes == 0``, :mod:`.spikes`), no
+       correlation trap, and enough eigenvalues to tell (``enough_evals``: at least
+       ``min_evals``; a 10×10 matrix has no room for a spike to stand out). Its spectrum is
+       what iid entries of its variance give, whatever alpha a fit reads off it (random
+       256×256 layers read alpha ≈ 6.8, 64×64 ≈ 4.2).
+    2. ``"no fit"`` (NaN alpha), ``"unreliable"`` (the fit cannot be trusted, see
+       :mod:`.reliability`).
+    3. alpha < 2: ``"over-trained"`` only with the whole interval below 2 (``alpha_hi`` < 2)
+       *and* at least one correlation trap (``num_traps`` >= 1), the two signs that herald
+       anti-grokking (arXiv 2506.04434); otherwise ``"heavy-tailed"`` (healthy small nets hold
+       layers at alpha ≈ 1.8–1.9 for thousands of steps).
+    4. alpha > 6: ``"under-trained"`` (spikes have left the bulk, but the tail is weak).
+    5. otherwise ``"well-trained"``.
+
+    ``num_spikes``/``num_traps`` of -1 mean "not computed" (traps off): no evidence either way,
+    so such a layer can be neither random-like (spikes unknown) nor over-trained (traps unknown).
+    ``alpha_lo`` is accepted for symmetry and not used by any rule yet.
+    """
+    del alpha_lo  # no rule uses it (see the docstring)
+    if num_spikes == 0 and num_traps <= 0 and enough_evals:
+        return "random-like"
     if not math.isfinite(alpha):
         return "no fit"
     if not reliable:
         return "unreliable"
     if alpha < OVER_TRAINED_BELOW:
-        return "over-trained"
+        confident = math.isfinite(alpha_hi) and alpha_hi < OVER_TRAINED_BELOW
+        return "over-trained" if confident and num_traps >= 1 else "heavy-tailed"
     if alpha > UNDER_TRAINED_ABOVE:
         return "under-trained"
     return "well-trained"
