@@ -61,7 +61,10 @@ protocol above cannot finish in its 45-minute budget. Cuts, decided from run tim
 process; development seed 1 is recorded only as far as time allows (its separate process was
 stopped after 3 configurations); at 13:15 the development set's seed-0 runs of the 7
 over-regularising-by-design configurations got a process of their own (the first process was
-held up by the char transformer); every run recorded by 14:10 UTC is used, and the tables say
+held up by the char transformer); at 13:20 the held-out ``fmlp_*`` configurations got one
+too; at 13:40 the first development process was stopped after ``fashion_mlp256`` seed 0 (it went
+on to re-record runs the other had) and seed 1 of the over-regularising configurations got a
+process; every run recorded by 14:10 UTC is used, and the tables say
 which runs exist. Nothing else changes (definitions, candidates, selection).
 
 Held-out accuracy is on 2,000 Fashion-MNIST test images (clean labels), 64 held-out sequences
@@ -153,6 +156,7 @@ from spectral_monitor.live.stopping import (
     ThresholdStopRule,
     TrapAlphaStopRule,
     TrapStopRule,
+    overfit_rule,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -794,6 +798,15 @@ def report(directory: Path, out_stem: Path) -> dict[str, Any]:
     dev_summary, held_summary = summarise(dev, rules), summarise(held, rules)
     chosen, qualified = choose(dev_summary)
     shown = [chosen, "drop", "es_val_loss"]
+    # The shipped stop_on="overfit" replayed on the same records: it must be the chosen rule.
+    shipped = [
+        replay(
+            overfit_rule(3, 10 * r["check_every"]),
+            [to_reading(c, r["layer_fields"]) for c in r["checks"]],
+        )
+        for r in runs
+    ]
+    agree = sum(s == e["stops"][chosen] for s, e in zip(shipped, evals, strict=True))
     antigrok = antigrok_rows(runs)
     text = [
         "# Stop study v2 (`benchmarks/stop_study_v2.py --replay`)",
@@ -803,7 +816,9 @@ def report(directory: Path, out_stem: Path) -> dict[str, Any]:
         f"({sum(e['group'] == 'overfit' for e in held)} over-fitting).",
         "",
         f"Chosen on development: `{chosen}`"
-        + ("" if qualified else " (no candidate had zero healthy stops; the fewest)"),
+        + ("" if qualified else " (no candidate had zero healthy stops; the fewest)")
+        + f'. The package\'s `stop_on="overfit"` rule replayed on the same records stops '
+        f"where it does in {agree}/{len(runs)} runs.",
         "",
         "## Every candidate, development and held-out side by side",
         "",

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from spectral_monitor import SpectralMonitor, SpectralTracker
 from spectral_monitor.live.stopping import (
+    OVERFIT_GROWTH,
     AllOfStopRule,
     DropStopRule,
     LayerReading,
@@ -98,6 +99,8 @@ def test_alpha_hat_is_refused_with_the_reason() -> None:
         ({"stop_below": 2.0}, ["stop_below", "stop_on=None"]),
         ({"stop_patience": 3}, ["stop_patience", "stop_on=None"]),
         ({"stop_on": "alpha_mean_drop", "stop_below": 2.0}, ["stop_below", "alpha_mean_drop"]),
+        ({"stop_on": "overfit", "stop_below": 2.0}, ["stop_below", "overfit"]),
+        ({"stop_on": "overfit", "stop_margin": 1.0}, ["stop_margin", "overfit"]),
         ({"stop_on": "alpha_mean", "stop_bound": "alpha_hi", "stop_below": 2.0}, ["stop_bound"]),
         ({"stop_on": "layer", "stop_below": 2.0, "stop_margin": 0.5}, ["stop_margin", "layer"]),
         # a threshold rule without its threshold, or with one it can never reach (alpha > 1)
@@ -124,6 +127,10 @@ def test_no_stopping_by_default_and_each_rule_uses_its_values() -> None:
     assert (layer.stop_rule.threshold, layer.stop_rule.bound) == (1.8, "alpha_hi")
     mean = SpectralTracker(stop_on="alpha_mean", stop_below=2.0, stop_patience=5)
     assert isinstance(mean.stop_rule, ThresholdStopRule) and mean.stop_rule.patience == 5
+    overfit = SpectralTracker(stop_on="overfit", stop_patience=4, start_step=300).stop_rule
+    assert isinstance(overfit, LayerSignalStopRule) and overfit.growth
+    assert (overfit.signal, overfit.threshold) == ("lambda_max", OVERFIT_GROWTH)
+    assert (overfit.patience, overfit.start_step) == (4, 300)
 
 
 def test_rebound_rule_follows_the_running_minimum_from_start_step() -> None:
@@ -231,7 +238,10 @@ class DigitsMLP(L.LightningModule):
         return torch.optim.Adam(self.parameters(), lr=self.lr)
 
 
-def digits_loader(batch_size: int, random_labels: bool = False, seed: int = 0) -> DataLoader:
+def digits_loader(
+    batch_size: int, random_labels: bool = False, seed: int = 0, noise: float = 0.0
+) -> DataLoader:
+    """Digits with all labels random, or a fraction ``noise`` of them replaced at random."""
     from sklearn.datasets import load_digits
 
     d = load_digits()
@@ -240,6 +250,9 @@ def digits_loader(batch_size: int, random_labels: bool = False, seed: int = 0) -
     g = torch.Generator().manual_seed(seed)
     if random_labels:
         y = torch.randint(0, 10, y.shape, generator=g)
+    if noise:
+        pick = torch.rand(len(y), generator=g) < noise
+        y[pick] = torch.randint(0, 10, (int(pick.sum()),), generator=g)
     return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True, generator=g)
 
 
@@ -310,3 +323,21 @@ def test_random_label_run_is_stopped_and_the_reason_names_the_layers(tmp_path) -
         assert alpha < 2.0 and track["reliable"][i] == 1.0
     texts = read_events(logger.log_dir).Tensors("spectral/stop_reason/text_summary")
     assert reason in texts[-1].tensor_proto.string_val[0].decode()
+
+
+@pytest.mark.slow
+def test_overfit_stops_a_label_noise_run_and_not_its_clean_twin() -> None:
+    """The study's label-noise configuration in a real Trainer: 60 % of the digits labels
+    replaced at random (Adam 3e-3, batch 32), against the same run on clean labels. The chosen
+    rule fires late (1,800-2,150 steps in the study), so both runs get 3,000 steps."""
+    stopped: dict[float, SpectralMonitor] = {}
+    for noise in (0.0, 0.6):
+        torch.manual_seed(0)
+        monitor = SpectralMonitor(every_n_steps=50, mode="sync", stop_on="overfit")
+        run = trainer(max_steps=3000, callbacks=[monitor])
+        run.fit(DigitsMLP(), digits_loader(batch_size=32, noise=noise))
+        stopped[noise] = monitor
+    clean, noisy = stopped[0.0], stopped[0.6]
+    assert clean.stopped_step is None and clean.stop_reason is None
+    assert noisy.stopped_step is not None and noisy.stopped_step < 3000
+    assert "lambda_max growth" in noisy.stop_reason

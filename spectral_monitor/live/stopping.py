@@ -31,6 +31,7 @@ __all__ = [
     "BOUNDS",
     "DEFAULT_MARGIN",
     "DEFAULT_PATIENCE",
+    "OVERFIT_GROWTH",
     "STOP_ON",
     "THRESHOLD_RULES",
     "Alarm",
@@ -46,6 +47,7 @@ __all__ = [
     "TrapAlphaStopRule",
     "TrapStopRule",
     "make_stop_rule",
+    "overfit_rule",
 ]
 
 #: The rules that compare alpha with ``stop_below``: an aggregate over reliable layers, or any
@@ -53,7 +55,12 @@ __all__ = [
 THRESHOLD_RULES = ("alpha_mean", "alpha_min", "layer")
 #: What ``stop_on`` may name: the over-fitting detector ``benchmarks/stop_study_v2.py`` chose,
 #: the fall of alpha_mean from its level before ``start_step``, or a threshold rule.
-STOP_ON = ("alpha_mean_drop", *THRESHOLD_RULES)
+STOP_ON = ("overfit", "alpha_mean_drop", *THRESHOLD_RULES)
+#: ``stop_on="overfit"``: the largest lambda_max of any reliable layer at least this many times
+#: its value at the layer's first analysis from ``start_step`` on, for ``DEFAULT_PATIENCE``
+#: analyses (``lmax_growth 4 p3``, chosen by ``benchmarks/stop_study_v2.py`` on its development
+#: runs: 0/18 healthy and 6/8 over-fitting runs stopped; held-out: 0/8 and 4/5).
+OVERFIT_GROWTH = 4.0
 #: What is compared with the threshold: the fitted alpha, or the upper end of its interval (the
 #: whole interval below the threshold).
 BOUNDS = ("alpha", "alpha_hi")
@@ -244,6 +251,11 @@ class StopRule:
         return "; ".join(la.describe() for la in layers) if layers else "no reliable layer"
 
     @property
+    def needs_traps(self) -> bool:
+        """Whether the rule reads correlation traps (the analysis must compute them)."""
+        return False
+
+    @property
     def satisfied(self) -> bool:
         """The condition has held for ``patience`` consecutive analyses up to the last one."""
         return self.consecutive >= self.patience
@@ -409,6 +421,10 @@ class TrapStopRule(StopRule):
     new: bool = False
     reference: float = math.nan
 
+    @property
+    def needs_traps(self) -> bool:
+        return True
+
     def _count(self, reading: Reading) -> float | None:
         total = reading.num_traps
         if total is None:
@@ -450,6 +466,10 @@ class LayerSignalStopRule(StopRule):
     growth: bool = False
     references: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def needs_traps(self) -> bool:
+        return self.signal == "trap_excess"
+
     def _value(self, reading: Reading) -> float | None:
         values = []
         for la in reading.reliable:
@@ -489,6 +509,10 @@ class TrapAlphaStopRule(StopRule):
     """One reliable layer with a correlation trap and alpha < ``threshold`` for ``patience``
     consecutive analyses (the anti-grokking signature of arXiv 2506.04434)."""
 
+    @property
+    def needs_traps(self) -> bool:
+        return True
+
     def _holds(self, reading: Reading) -> bool | None:
         layers = reading.reliable
         if not layers or any(la.num_traps is None for la in layers):
@@ -511,6 +535,10 @@ class AllOfStopRule(StopRule):
     own ``start_step``."""
 
     parts: tuple[StopRule, ...] = ()
+
+    @property
+    def needs_traps(self) -> bool:
+        return any(part.needs_traps for part in self.parts)
 
     def _observe(self, reading: Reading) -> bool:
         if reading.step < self.start_step:
@@ -622,6 +650,8 @@ def make_stop_rule(
             )
         check_number("stop_margin", stop_margin, above=0.0)
     patience = DEFAULT_PATIENCE if stop_patience is None else stop_patience
+    if stop_on == "overfit":
+        return overfit_rule(patience, start_step)
     if stop_on == "alpha_mean_drop":
         margin = DEFAULT_MARGIN if stop_margin is None else float(stop_margin)
         return DropStopRule(math.nan, patience, start_step, margin=margin)
@@ -629,3 +659,19 @@ def make_stop_rule(
     if stop_on == "layer":
         return LayerStopRule(threshold, patience, start_step, stop_bound or "alpha")
     return ThresholdStopRule(threshold, patience, start_step, on=stop_on)
+
+
+def overfit_rule(patience: int = DEFAULT_PATIENCE, start_step: int = 500) -> StopRule:
+    """``stop_on="overfit"``: stop once some reliable layer's lambda_max has grown to
+    :data:`OVERFIT_GROWTH` times its value at that layer's first analysis from ``start_step`` on,
+    at ``patience`` consecutive analyses.
+
+    Chosen by ``benchmarks/stop_study_v2.py`` (analyses every 50 steps, ``start_step`` 500) on
+    its development runs, then measured on held-out runs (docs/guide/stopping.md): it stopped no
+    healthy run of either set and most label-noise runs, but late — long after held-out accuracy
+    had peaked. It catches memorisation that keeps growing the top of a spectrum; it misses
+    over-fitting that starts before ``start_step`` and shows little lambda_max growth.
+    """
+    return LayerSignalStopRule(
+        OVERFIT_GROWTH, patience, start_step, signal="lambda_max", growth=True
+    )

@@ -113,6 +113,8 @@ class SpectralTracker:
             )
         if log_dir is not None and not isinstance(log_dir, (str, os.PathLike)):
             raise ValueError(f"log_dir must be a path or None, got {log_dir!r}")
+        if self.stop_rule is not None and self.stop_rule.needs_traps:
+            options = {**options, "traps": True}  # the rule reads them: the analysis counts them
         self.config = AnalysisConfig.from_options(options)
         self.every_n_steps = every_n_steps
         self.mode = "thread" if mode == "auto" else mode
