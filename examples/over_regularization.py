@@ -3,8 +3,8 @@
 An MLP memorises random labels with SGD at a large learning rate (0.2, momentum 0.9) on batches
 of 4. Its layers' spectra grow heavy tails: mean alpha falls from ~6 at initialisation to under 2
 within about 50 steps, and a threshold rule (``stop_below=2.0, stop_on="alpha_mean"``) ends the
-run, saying why. (The default rule, a fall of alpha_mean from its early level, is the one the stop
-study found safe on healthy runs; see README "Stopping".)
+run, saying why. (By default nothing stops a run; ``stop_on="overfit"`` is the detector the stop
+study chose, see docs/guide/stopping.md.)
 
     python examples/over_regularization.py
 """
@@ -32,8 +32,8 @@ def main(argv: list[str] | None = None) -> SpectralMonitor:
     L.seed_everything(args.seed, verbose=False)
     monitor = SpectralMonitor(
         every_n_steps=10,
+        stop_on="alpha_mean",  # a threshold rule: it takes stop_below as its threshold
         stop_below=args.stop_below,
-        stop_on="alpha_mean",  # the threshold rule, not the default drop rule
         stop_patience=2,
         start_step=0,
     )

@@ -25,7 +25,7 @@ def test_monitor_and_tracker_signatures_agree() -> None:
 
 
 def test_arguments_reach_the_tracker_and_misspellings_fail() -> None:
-    monitor = SpectralMonitor(7, stop_below=2.5, prefix="p", mode="sync")
+    monitor = SpectralMonitor(7, stop_on="alpha_min", stop_below=2.5, prefix="p", mode="sync")
     assert monitor.tracker.every_n_steps == 7 and monitor.tracker.prefix == "p"
     assert monitor.tracker.stop_rule is not None and monitor.tracker.stop_rule.threshold == 2.5
     with pytest.raises(TypeError, match="stop_belo"):
@@ -40,7 +40,12 @@ def test_lightning_cli_sees_plain_arguments() -> None:
     parser = ArgumentParser(exit_on_error=False)
     parser.add_class_arguments(SpectralMonitor, "monitor")
     config = parser.parse_args(
-        ["--monitor.every_n_steps", "5", "--monitor.stop_below", "2.0", "--monitor.layers", "net.*"]
+        [
+            "--monitor.every_n_steps=5",
+            "--monitor.stop_on=alpha_mean",
+            "--monitor.stop_below=2.0",
+            "--monitor.layers=net.*",
+        ]
     )
     assert config.monitor.every_n_steps == 5 and config.monitor.stop_below == 2.0
     assert "analyse every this many steps" in parser.format_help()

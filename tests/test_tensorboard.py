@@ -92,8 +92,8 @@ def two_monitor_run(tmp_path_factory) -> tuple[Path, SpectralMonitor, SpectralMo
     first = SpectralMonitor(
         every_n_steps=10,
         mode="sync",
-        stop_below=1.0,
-        stop_on="alpha_mean",  # a fixed threshold: a flat line at 1.0
+        stop_below=1.25,
+        stop_on="alpha_mean",  # a fixed threshold no run reaches: a flat line at 1.25
         log_figures_every=100,
         **TRUST_TINY,
     )
@@ -211,7 +211,7 @@ def test_event_files_hold_tags_layout_and_pictures(two_monitor_run) -> None:
     q = np.mean([report.layer(f"blocks.{i}.attn.q_proj").alpha for i in range(2)])
     last_q = events.Scalars("spectral/alpha_by_type/q_proj")[-1]
     assert last_q.step == steps[-1] and last_q.value == pytest.approx(q, rel=1e-5)
-    assert {e.value for e in events.Scalars("spectral/stop_threshold")} == {1.0}
+    assert {e.value for e in events.Scalars("spectral/stop_threshold")} == {1.25}
     assert "raw/stop_threshold" not in scalars
 
     # One merged layout with both prefixes, every regex matching a logged tag.

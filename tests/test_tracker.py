@@ -58,10 +58,10 @@ def test_plain_loop_writes_tensorboard_and_history(tmp_path, mode) -> None:
 
 
 def test_tracker_state_dict_round_trip() -> None:
-    tracker = SpectralTracker(every_n_steps=5, mode="sync", stop_below=1.0)
+    tracker = SpectralTracker(every_n_steps=5, mode="sync", stop_on="alpha_mean_drop")
     train(tracker, small_mlp(), 12)
     state = tracker.state_dict()
-    clone = SpectralTracker(every_n_steps=5, mode="sync", stop_below=1.0)
+    clone = SpectralTracker(every_n_steps=5, mode="sync", stop_on="alpha_mean_drop")
     clone.load_state_dict(state)
     assert clone.history.steps == tracker.history.steps == [1, 5, 10, 12]  # 12: close()
     assert clone.history.layers == tracker.history.layers

@@ -46,12 +46,12 @@ def monitor_options(
     log_histograms: bool = True,
     histogram_every: int = 1,
     log_figures_every: int | None = None,
+    stop_on: str | None = None,
     stop_below: float | None = None,
-    stop_on: str = "alpha_mean_drop",
-    stop_patience: int = 3,
+    stop_patience: int | None = None,
     start_step: int = 500,
-    stop_bound: str = "alpha",
-    stop_margin: float = 1.0,
+    stop_bound: str | None = None,
+    stop_margin: float | None = None,
     mode: str = "auto",
     max_snapshot_bytes: int | None = None,
     prefix: str = "spectral",
@@ -93,23 +93,26 @@ def monitor_options(
             analyses.
         log_figures_every: log an ESD figure with the fitted power law per layer every this many
             analyses, and for the last one; None (default) never.
-        stop_below: switches stopping on (None, the default: never stop). With the default
-            ``stop_on="alpha_mean_drop"`` its value is not used; with the other ``stop_on`` it is
-            the threshold. The defaults are the rule ``benchmarks/stop_study.py`` found never to
-            stop a healthy run (README "Stopping": absolute thresholds such as 2.0 do).
-        stop_on: the signal, over reliable layers only: ``"alpha_mean_drop"`` (default:
-            alpha_mean below its minimum before ``start_step`` minus ``stop_margin``),
-            ``"alpha_mean"`` or ``"alpha_min"`` below ``stop_below``, or ``"layer"`` (one and
-            the same layer below ``stop_below``). ``"alpha_hat"`` is refused with a ValueError:
-            it depends on the eigenvalue scale, not on the spectrum's shape.
-        stop_patience: consecutive analyses the signal must stay low before stopping (default 3).
-        start_step: analyses before this step do not count for stopping; for
-            ``"alpha_mean_drop"`` they set the reference level (default 500), which is also
-            logged as ``<prefix>/alpha_mean_drop`` (reference minus alpha_mean) after it.
-        stop_bound: with ``stop_on="layer"``: compare the layer's ``"alpha"`` (default) or
+        stop_on: the stop rule; None (the default) never stops. ``"overfit"``: the over-fitting
+            detector ``benchmarks/stop_study_v2.py`` chose on one set of runs and measured on
+            another (docs "Stopping": what it catches and misses); ``"alpha_mean_drop"``:
+            alpha_mean below its minimum before ``start_step`` minus ``stop_margin``;
+            ``"alpha_mean"``, ``"alpha_min"`` (over reliable layers) or ``"layer"`` (one and the
+            same reliable layer) below ``stop_below``. ``"alpha_hat"`` is refused: it depends on
+            the eigenvalue scale, not on the spectrum's shape. Rules read reliable layers only.
+        stop_below: the threshold of ``"alpha_mean"``, ``"alpha_min"`` and ``"layer"`` (> 1;
+            required there). With any other rule, or none, it is a ValueError naming both.
+        stop_patience: consecutive analyses the condition must hold before stopping (None: the
+            rule's own, 3 for the named alpha rules).
+        start_step: analyses before this step do not count for stopping (default 500); for
+            ``"alpha_mean_drop"`` they set the reference level, which is also logged as
+            ``<prefix>/alpha_mean_drop`` (reference minus alpha_mean) after it, whatever the
+            rule. A Lightning run whose ``max_steps`` is <= ``start_step`` gets one warning: the
+            rule could never fire.
+        stop_bound: with ``stop_on="layer"`` only: compare the layer's ``"alpha"`` (default) or
             ``"alpha_hi"``, the upper end of its interval (the whole interval must be below).
-        stop_margin: with ``"alpha_mean_drop"``: how far alpha_mean must fall below its
-            reference level (default 1.0).
+        stop_margin: with ``stop_on="alpha_mean_drop"`` only: how far alpha_mean must fall below
+            its reference level (default 1.0).
         mode: ``"auto"``/``"thread"``: analyses on a worker thread (on CUDA on a side stream);
             ``"sync"``: inline, for debugging and for CUDA-graph capture.
         max_snapshot_bytes: budget for one snapshot's weight copies (float32; bf16/fp16 weights

@@ -33,6 +33,7 @@ from spectral_monitor.analysis.report import SpectralReport
 from spectral_monitor.analysis.snapshot import select
 from spectral_monitor.integrations.logger_sinks import media_of, not_sent_message, open_sink
 from spectral_monitor.live.distributed import torch_gather
+from spectral_monitor.live.stopping import Alarm
 from spectral_monitor.live.tracker import SpectralTracker
 from spectral_monitor.sinks.sink import Analysis, Sink
 
@@ -85,7 +86,7 @@ class SpectralMonitor(Callback):
 
         >>> import lightning as L
         >>> from spectral_monitor import SpectralMonitor
-        >>> monitor = SpectralMonitor(every_n_steps=100, stop_below=2.0)
+        >>> monitor = SpectralMonitor(every_n_steps=100, stop_on="overfit")
         >>> trainer = L.Trainer(callbacks=[monitor])
     """
 
@@ -127,6 +128,12 @@ class SpectralMonitor(Callback):
         return self.tracker.latest
 
     @property
+    def alarms(self) -> list[Alarm]:
+        """Evidence weaker than a stop needs, in order (each also warned and logged as
+        TensorBoard text ``<prefix>/alarm``)."""
+        return self.tracker.alarms
+
+    @property
     def stop_reason(self) -> str | None:
         """Why this monitor stopped the run, or None."""
         return self.tracker.stop_reason if self.stopped_step is not None else None
@@ -150,6 +157,14 @@ class SpectralMonitor(Callback):
                 "monitor.history and trainer.callback_metrics only.",
             )
         self.stopped_step = None
+        rule = self.tracker.stop_rule
+        if rule is not None and 0 < trainer.max_steps <= rule.start_step:
+            self._warn_once(
+                "start-step",
+                f"SpectralMonitor: start_step={rule.start_step} >= the Trainer's max_steps="
+                f"{trainer.max_steps}: the stop rule can never fire in this run; lower "
+                "start_step to use it.",
+            )
         if trainer.is_global_zero:
             for index, logger in enumerate(trainer.loggers):
                 message = not_sent_message(logger)
@@ -347,6 +362,9 @@ class SpectralMonitor(Callback):
         )
         for sink in self._open_sinks(trainer):
             self._guard("logger", lambda s=sink: s.write_analysis(analysis))
+            alarm = self.tracker.alarm_at(step)
+            if alarm is not None:
+                self._guard("logger", lambda s=sink, a=alarm: s.write_text("alarm", a, step))
             # On disk now: a checkpoint that holds this analysis must not outlive its events (a
             # killed process loses what its writer had not flushed).
             self._guard("logger", sink.flush)

@@ -45,16 +45,16 @@ from spectral_monitor.live.distributed import Gather
 from spectral_monitor.live.guard import Guard
 from spectral_monitor.live.shard_plan import ShardPlan
 from spectral_monitor.live.stopping import (
-    ALPHA_HAT_REFUSAL,
-    BOUNDS,
-    STOP_ON,
+    DEFAULT_MARGIN,
+    DEFAULT_PATIENCE,
+    Alarm,
     DropStopRule,
     StopRule,
     make_stop_rule,
 )
 from spectral_monitor.live.worker import AnalysisResult, AnalysisWorker
 from spectral_monitor.sinks.tensorboard_sink import TensorBoardSink, draw_figures
-from spectral_monitor.utilities.validation import check_choice, check_int, check_number
+from spectral_monitor.utilities.validation import check_choice, check_int
 from spectral_monitor.weights.layers import left_out_message
 
 __all__ = ["MODES", "SpectralTracker"]
@@ -104,24 +104,12 @@ class SpectralTracker:
         )
         check_int("every_n_steps", every_n_steps, 1)
         check_int("max_snapshot_bytes", max_snapshot_bytes, 1, allow_none=True)
-        check_int("stop_patience", stop_patience, 1)
-        check_int("start_step", start_step, 0)
         check_int("histogram_every", histogram_every, 1)
         check_int("log_figures_every", log_figures_every, 1, allow_none=True)
         check_choice("mode", mode, MODES)
-        if stop_below is not None:
-            check_number("stop_below", stop_below)
-        if stop_on == "alpha_hat":
-            raise ValueError(ALPHA_HAT_REFUSAL)
-        check_choice("stop_on", stop_on, STOP_ON)
-        check_choice("stop_bound", stop_bound, BOUNDS)
-        if (
-            isinstance(stop_margin, bool)
-            or not isinstance(stop_margin, (int, float))
-            or not math.isfinite(stop_margin)
-            or stop_margin < 0
-        ):
-            raise ValueError(f"stop_margin must be a finite number >= 0, got {stop_margin!r}")
+        self.stop_rule: StopRule | None = make_stop_rule(
+            stop_on, stop_below, stop_patience, start_step, stop_bound, stop_margin
+        )
         if not isinstance(log_histograms, bool):
             raise ValueError(f"log_histograms must be a bool, got {log_histograms!r}")
         if not isinstance(prefix, str) or not prefix or prefix.endswith("/"):
@@ -130,6 +118,8 @@ class SpectralTracker:
             )
         if log_dir is not None:
             _check_log_dir(log_dir)
+        if self.stop_rule is not None and self.stop_rule.needs_traps:
+            options = {**options, "traps": True}  # the rule reads them: the analysis counts them
         self.config = AnalysisConfig.from_options(options)
         self.every_n_steps = every_n_steps
         self.mode = "thread" if mode == "auto" else mode
@@ -140,19 +130,16 @@ class SpectralTracker:
         self.log_figures_every = log_figures_every
         self.log_dir = None if log_dir is None else os.fspath(log_dir)
         #: The fall of alpha_mean from its level before start_step, logged whatever the rule
-        #: (so Lightning's EarlyStopping can watch it); the stop rule itself with the default
-        #: stop_on, so that one object holds the reference.
-        switch = math.nan if stop_below is None else float(stop_below)  # unused by the drop
-        self.drop = DropStopRule(switch, stop_patience, start_step, margin=float(stop_margin))
-        self.stop_rule: StopRule | None = None
-        if stop_below is not None:
-            self.stop_rule = (
-                self.drop
-                if stop_on == "alpha_mean_drop"
-                else make_stop_rule(
-                    float(stop_below), stop_on, stop_patience, start_step, stop_bound
-                )
-            )
+        #: (so Lightning's EarlyStopping can watch it); with stop_on="alpha_mean_drop" it is the
+        #: stop rule itself, so that one object holds the reference.
+        self.drop = (
+            self.stop_rule
+            if isinstance(self.stop_rule, DropStopRule)
+            else DropStopRule(math.nan, DEFAULT_PATIENCE, start_step, margin=DEFAULT_MARGIN)
+        )
+        #: Evidence weaker than a stop needs (the stop rule's condition began to hold, not yet for
+        #: its patience), in order: each also went to the console and to TensorBoard text.
+        self.alarms: list[Alarm] = []
         self.history = SpectralHistory()
         self.latest: SpectralReport | None = None
         self.sinks: list[ReportSink] = []
@@ -356,6 +343,7 @@ class SpectralTracker:
         self.drop.update(report)
         if self.stop_rule is not None and self.stop_rule is not self.drop:
             self.stop_rule.update(report)
+        self._raise_alarm(report)
 
     def _figures_due(self, report: SpectralReport) -> None:
         extras = self.extras_due()
@@ -374,6 +362,18 @@ class SpectralTracker:
                     f"SpectralMonitor: layer {layer.name!r} has non-finite weights (NaN or Inf) "
                     f"at step {report.step}; it is skipped while they stay non-finite."
                 )
+
+    def _raise_alarm(self, report: SpectralReport) -> None:
+        """Record and announce the stop rule's alarm of this analysis, if it raised one."""
+        rule = self.stop_rule
+        if rule is None or rule.alarm is None or report.step is None:
+            return
+        self.alarms.append(Alarm(int(report.step), rule.alarm))
+        rank_zero_warn(f"SpectralMonitor alarm at step {report.step}: {rule.alarm}")
+
+    def alarm_at(self, step: int) -> str | None:
+        """The alarm raised by the analysis of ``step``, or None."""
+        return next((a.message for a in reversed(self.alarms) if a.step == step), None)
 
     def _ask_figures(self, report: SpectralReport, esd: bool, heatmap: bool) -> None:
         """Have the worker draw ``report``'s ESD figures and/or the heatmap of the history so far
@@ -520,6 +520,9 @@ class SpectralTracker:
         rule = self.stop_rule
         if rule is not None and rule.reason is not None and rule.stop_step == report.step:
             self._tensorboard.write_text("stop_reason", rule.reason, step)
+        alarm = None if report.step is None else self.alarm_at(int(report.step))
+        if alarm is not None:
+            self._tensorboard.write_text("alarm", alarm, step)
         self._tensorboard.flush()
 
     def _write_images(self, step: int, images: dict[str, np.ndarray]) -> None:
@@ -578,6 +581,7 @@ class SpectralTracker:
         self.drop.load_state_dict({})
         if self.stop_rule is not None:
             self.stop_rule.load_state_dict({})
+        self.alarms = []
 
     # --- checkpointing ---------------------------------------------------------------------
 
@@ -600,6 +604,7 @@ class SpectralTracker:
             "num_failed": self.num_failed,
             "stop_rule": None if self.stop_rule is None else self.stop_rule.state_dict(),
             "drop": self.drop.state_dict(),
+            "alarms": [[a.step, a.message] for a in self.alarms],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -630,6 +635,7 @@ class SpectralTracker:
             self.drop.load_state_dict(state["drop"])
         if self.stop_rule is not None and state.get("stop_rule") is not None:
             self.stop_rule.load_state_dict(state["stop_rule"])
+        self.alarms = [Alarm(int(step), str(text)) for step, text in state.get("alarms", [])]
         self._restored = True
         self._step = None
         steps = self.history.steps
