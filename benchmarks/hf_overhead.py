@@ -81,6 +81,7 @@ def main() -> None:
                 )
             times[config].append(seconds)
             counts[config] = (analyses, skipped)
+            print(f"  {config}: {seconds:.2f} s", flush=True)
     base = statistics.median(times[None])
     print(
         f"GPT-2 {args.layers} layers x {args.width}, torch threads {torch.get_num_threads()}, "

@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+import torch
 
 pytest.importorskip("transformers")
 
@@ -100,6 +101,21 @@ def test_gpt2_scalars_reach_log_history_and_hf_tensorboard_folder(tmp_path) -> N
     assert "train/spectral/verdicts/text_summary" in tags["tensors"]
     assert "custom_scalars__config__" in tags["tensors"]
     assert "train/spectral/alpha_heatmap" in tags["images"]
+
+
+def test_training_is_the_same_with_and_without_the_callback(tmp_path) -> None:
+    """The callback only reads the weights: same losses and final weights, bit for bit."""
+    runs = []
+    for name, callbacks in (("without", []), ("with", [SpectralTrainerCallback(every_n_steps=2)])):
+        model = tiny_gpt2()
+        args = training_args(tmp_path / name, max_steps=4, logging_steps=1)
+        trainer = Trainer(model=model, args=args, train_dataset=TokenData(), callbacks=callbacks)
+        trainer.train()
+        losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+        runs.append((losses, {k: v.clone() for k, v in model.state_dict().items()}))
+    (losses_a, weights_a), (losses_b, weights_b) = runs
+    assert len(losses_a) == 4 and losses_a == losses_b
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
 
 
 def test_bert_without_tensorboard_logs_scalars_and_says_what_is_not_sent(tmp_path) -> None:
