@@ -395,7 +395,7 @@ def render_alpha_trajectories(
     One colour and one legend entry per layer (:func:`layer_colours`); a filled dot where the
     fit is reliable, a hollow ring where it is not (alpha shown, but not to be trusted); a NaN
     (skipped layer) breaks the line. ``mean`` (alpha_mean over the reliable layers) is the bold
-    black line. Dotted guides at alpha = 2 (over-trained below) and 6 (under-trained above)
+    black line. Dotted guides at alpha = 2 (heavy-tailed below) and 6 (weak tail above)
     where they fall inside the range.
 
     Args:
@@ -487,8 +487,8 @@ def render_alpha_trajectories(
                 align="center", valign="top")  # fmt: skip
     canvas.text(10, top + plot_h / 2, "alpha", color=_AXIS, size=11, align="left",
                 vertical=True)  # fmt: skip
-    guides = ((OVER_TRAINED_BELOW, _OVER_COLOR, "alpha = 2: over-trained below"),
-              (UNDER_TRAINED_ABOVE, _UNDER_COLOR, "alpha = 6: under-trained above"))  # fmt: skip
+    guides = ((OVER_TRAINED_BELOW, _OVER_COLOR, "alpha = 2: HT-SR's heavy-tail line"),
+              (UNDER_TRAINED_ABOVE, _UNDER_COLOR, "alpha = 6: weak tail above"))  # fmt: skip
     for level, color, _ in guides:
         if y_lo < level < y_hi:
             y = float(py(level))
