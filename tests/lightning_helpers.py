@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,19 @@ def trainer(**kwargs: Any) -> L.Trainer:
     }
     defaults.update(kwargs)
     return L.Trainer(**defaults)
+
+
+class OpenGate(L.Callback):
+    """Opens ``gate`` once training has finished step ``after`` (placed after the monitor, so the
+    monitor's own hook at that step still finds the worker busy). With a worker made to wait on
+    the gate, a test gets back-pressure at a chosen step however fast the machine is."""
+
+    def __init__(self, gate: threading.Event, after: int) -> None:
+        self.gate, self.after = gate, after
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step >= self.after:
+            self.gate.set()
 
 
 class WeightRecorder(L.Callback):

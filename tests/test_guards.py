@@ -20,7 +20,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning_helpers import TRUST_TINY, ConvNet, image_loader, trainer
+from lightning_helpers import TRUST_TINY, ConvNet, OpenGate, image_loader, trainer
 from torch import nn
 
 from spectral_monitor import SpectralMonitor, SpectralTracker
@@ -161,14 +161,33 @@ class WithLeftOut(ConvNet):
         self.table = nn.Parameter(torch.zeros(64, 64), requires_grad=False)
 
 
-def lightning_runs(tmp_path: Path) -> list[tuple[Any, SpectralMonitor, int]]:
+def lightning_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> list[tuple[Any, SpectralMonitor, int]]:
     """A run with TensorBoard, figures, a stop rule and a checkpoint, then its resume: the
-    trainer, its monitor and the max_steps each must reach."""
+    trainer, its monitor and the max_steps each must reach. The first run's analysis of step 0
+    is held until training has passed step 2, so that step 2 meets a busy worker (back-pressure)
+    however fast the machine is."""
+    import spectral_monitor.live.worker as worker_module
+
+    gate = threading.Event()
+    analyze_snapshot = worker_module.analyze_snapshot
+
+    def held(snapshot: Any, config: Any, step: int) -> Any:
+        if step == 0 and threading.current_thread() is not threading.main_thread():
+            gate.wait(timeout=120)
+        return analyze_snapshot(snapshot, config, step)
+
+    monkeypatch.setattr(worker_module, "analyze_snapshot", held)
     first, second = SpectralMonitor(**OPTIONS), SpectralMonitor(**OPTIONS)
     logger = {"save_dir": tmp_path, "name": "run", "version": 0}
     one = trainer(
         max_steps=2,
-        callbacks=[first, ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)],
+        callbacks=[
+            first,
+            OpenGate(gate, after=2),
+            ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True),
+        ],
         enable_checkpointing=True,
         logger=TensorBoardLogger(**logger),
     )
@@ -202,7 +221,7 @@ def test_a_failing_training_thread_call_never_stops_training(tmp_path, monkeypat
     fault = Fault(target)
     fault.inject(monkeypatch)
     # Lightning: a run that saves a checkpoint, and its resume.
-    for number, (run, monitor, max_steps) in enumerate(lightning_runs(tmp_path)):
+    for number, (run, monitor, max_steps) in enumerate(lightning_runs(tmp_path, monkeypatch)):
         before = fault.calls
         model = WithLeftOut()
         with warnings.catch_warnings(record=True) as record:
@@ -276,8 +295,8 @@ def _record_calls(run: Any) -> dict[str, str]:
 IGNORED_MODULES = ("typing", "weakref", "functools", "abc", "dataclasses", "contextlib")
 
 
-def test_every_training_thread_call_is_in_the_fault_list(tmp_path) -> None:
-    runs = lightning_runs(tmp_path)
+def test_every_training_thread_call_is_in_the_fault_list(tmp_path, monkeypatch) -> None:
+    runs = lightning_runs(tmp_path, monkeypatch)
     model = nn.Sequential(nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 32))
     tracker = SpectralTracker(**OPTIONS, log_dir=tmp_path / "plain")
     clone = SpectralTracker(**OPTIONS, log_dir=tmp_path / "plain")

@@ -16,13 +16,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning_helpers import (
     ConvNet,
+    OpenGate,
     assert_analysed_steps,
     image_loader,
     read_events,
@@ -311,18 +311,6 @@ def test_sigkill_after_a_checkpoint_then_resume_in_a_new_process(tmp_path) -> No
         assert logged == expected, tag
     code, text = run_cli("history", str(tmp_path / "tb"))
     assert code == 0 and f"{len(expected)} analyses, steps 0..40" in text
-
-
-class OpenGate(L.Callback):
-    """Opens ``gate`` once training has finished step ``after`` (placed after the monitor, so the
-    monitor's own hook at that step still finds the worker busy)."""
-
-    def __init__(self, gate: threading.Event, after: int) -> None:
-        self.gate, self.after = gate, after
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step >= self.after:
-            self.gate.set()
 
 
 def test_thread_mode_resume_redoes_the_checkpoint_step_a_slow_worker_skipped(
