@@ -199,7 +199,9 @@ def test_lambda_max_growth_is_relative_to_each_layers_first_value() -> None:
     first = Reading(0, 2.0, 2.0, (LayerReading("a", 2.0, 1.9, 2.1, True, lambda_max=3.0),))
     assert not rule.update(first)
     later = Reading(10, 2.0, 2.0, (LayerReading("a", 2.0, 1.9, 2.1, True, lambda_max=6.5),))
-    assert rule.update(later) and "lambda_max growth" in rule.reason
+    assert rule.update(later) and "lambda_max growth over reliable layers (layer a: 2.17)" in (
+        rule.reason
+    )
 
 
 def test_start_step_beyond_max_steps_warns_once() -> None:

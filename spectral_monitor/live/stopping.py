@@ -470,6 +470,8 @@ class LayerSignalStopRule(StopRule):
     def needs_traps(self) -> bool:
         return self.signal == "trap_excess"
 
+    top: tuple[str, float] | None = field(default=None, compare=False)
+
     def _value(self, reading: Reading) -> float | None:
         values = []
         for la in reading.reliable:
@@ -481,8 +483,9 @@ class LayerSignalStopRule(StopRule):
                 if reference <= 0:
                     continue
                 value = value / reference
-            values.append(value)
-        return max(values) if values else None
+            values.append((value, la.name))
+        self.top = None if not values else (max(values)[1], max(values)[0])
+        return self.top[1] if self.top else None
 
     def _holds(self, reading: Reading) -> bool | None:
         value = self._value(reading)
@@ -490,8 +493,9 @@ class LayerSignalStopRule(StopRule):
 
     def _explain(self, reading: Reading) -> str:
         what = f"{self.signal} growth" if self.growth else self.signal
+        top = "" if self.top is None else f" (layer {self.top[0]}: {self.top[1]:.2f})"
         return (
-            f"the largest {what} over reliable layers >= {self.threshold:g} for "
+            f"the largest {what} over reliable layers{top} >= {self.threshold:g} for "
             f"{self.consecutive} consecutive analyses up to step {reading.step}; lowest reliable "
             f"layers: {self._layers_text(reading.lowest())}"
         )
