@@ -320,7 +320,7 @@ def table_names(text: str) -> list[str]:
     for line in lines[2:]:
         if line.startswith(("alpha_mean=", "note:", "left out:", "wrote ")):
             break
-        if " linear " not in line:
+        if not re.search(r" \d+x\d+ ", line):  # a row has its shape; a whole name has not
             pending = line
             continue
         names.append(pending or line.split()[0])

@@ -69,6 +69,11 @@ FAULTS = [
     "spectral_monitor.analysis.report:SpectralReport.aggregates",
     "spectral_monitor.sinks.tensorboard_sink:TensorBoardSink.__init__",
     "spectral_monitor.sinks.tensorboard_sink:TensorBoardSink.write_report",
+    "spectral_monitor.sinks.tensorboard_sink:TensorBoardSink.write_analysis",
+    "spectral_monitor.sinks.sink:Analysis.__init__",
+    "spectral_monitor.integrations.logger_sinks:media_of",
+    "spectral_monitor.integrations.logger_sinks:not_sent_message",
+    "spectral_monitor.integrations.logger_sinks:open_sink",
     "spectral_monitor.sinks.tensorboard_sink:TensorBoardSink.write_images",
     "spectral_monitor.sinks.tensorboard_sink:TensorBoardSink.flush",
     "spectral_monitor.sinks.tensorboard_sink:draw_figures",
@@ -96,7 +101,7 @@ MARKER = "injected fault"
 OPTIONS: dict[str, Any] = {
     "every_n_steps": 2,
     "histogram_every": 100,  # figures (the alpha heatmap) for the first analysis and the last
-    "stop_below": 0.5,  # a stop rule that is consulted but never fires
+    "stop_below": 1.01,  # a stop rule that is consulted but never fires (alpha > 1 always)
     "stop_on": "alpha_mean",
     "start_step": 100,
     **TRUST_TINY,
