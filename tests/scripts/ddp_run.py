@@ -93,14 +93,11 @@ def main() -> None:
     strategy: Any = args.strategy
     if args.strategy == "fsdp2":
         strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
-    monitor = SpectralMonitor(
-        every_n_steps=10,
-        **TRUST_TINY,
-        stop_below=args.stop_below,
-        stop_on="alpha_mean",
-        stop_patience=2,
-        start_step=0,
-    )
+    # A threshold rule takes stop_below and needs it: without one the run has no stop rule.
+    stop: dict[str, Any] = {}
+    if args.stop_below is not None:
+        stop = {"stop_below": args.stop_below, "stop_on": "alpha_mean", "stop_patience": 2}
+    monitor = SpectralMonitor(every_n_steps=10, **TRUST_TINY, **stop, start_step=0)
     trainer = L.Trainer(
         accelerator="cpu",
         devices=2,
