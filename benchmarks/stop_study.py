@@ -290,6 +290,16 @@ def reading_record(model: nn.Module, step: int) -> dict[str, Any]:
     }
 
 
+def make_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
+    """The configuration's optimizer over ``model``'s parameters (SGD with momentum 0.9)."""
+    params = model.parameters()
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
 def train(config: Config, seed: int, steps: int) -> dict[str, Any] | None:
     data = config.data(seed)
     if data is None:
@@ -299,15 +309,7 @@ def train(config: Config, seed: int, steps: int) -> dict[str, Any] | None:
     y_train = data.y_train
     if config.label_noise:
         y_train = corrupt(data.y_train, config.label_noise, seed)
-    params = model.parameters()
-    if config.optimizer == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(
-            params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay
-        )
-    elif config.optimizer == "adamw":
-        opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    else:
-        opt = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    opt = make_optimizer(config, model)
     g = torch.Generator().manual_seed(seed)
     checks: list[dict[str, Any]] = []
     start = time.perf_counter()

@@ -139,7 +139,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from stop_study import Config, Data, configs, corrupt, fashion, mlp
+from stop_study import Config, Data, configs, corrupt, fashion, make_optimizer, mlp
 from torch import nn
 
 from spectral_monitor.analysis.analyze import analyze_snapshot
@@ -414,15 +414,7 @@ def train(config: Config, seed: int, check_every: int = 50, loss_kind: str = "ce
     y_train = data.y_train
     if config.label_noise:
         y_train = corrupt(data.y_train, config.label_noise, seed)
-    params = model.parameters()
-    if config.optimizer == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(
-            params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay
-        )
-    elif config.optimizer == "adamw":
-        opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    else:
-        opt = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    opt = make_optimizer(config, model)
     g = torch.Generator().manual_seed(seed)
     checks: list[dict[str, Any]] = []
     start = time.perf_counter()
